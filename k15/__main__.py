@@ -1,0 +1,4 @@
+from k15.cli import main
+
+if __name__ == "__main__":
+    main()

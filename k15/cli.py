@@ -1,0 +1,58 @@
+"""``python -m k15 {fit,validate,test,predict} -c conf/X.yaml [-c overlay.yaml] [--key=value]``
+
+A LightningCLI in which every component (policy, reference, reward, loss, engine, data,
+callbacks, logger, strategy) is a ``class_path``/``init_args`` entry. ``${...}`` interpolation is
+resolved after all ``-c`` files and overrides merge, with absolute keys (``${model.init_args.x}``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+# Lines of jsonargparse's messages that repeat the whole offending config or list the Union
+# alternatives: they bury the line that names the key.
+NOISE = ("Given value:", "Given value type:", "Subtypes:", "- Expected a <class 'NoneType'>")
+
+
+class K15ArgumentParser(LightningArgumentParser):
+    """Config errors print one short message naming the key, not the usage of every Trainer flag."""
+
+    def print_usage(self, file=None) -> None:
+        (file or sys.stderr).write(f"usage: {self.prog} -c CONFIG.yaml [-c OVERLAY.yaml] [--key=value ...]\n")
+
+    def error(self, message: str, ex: Exception | None = None):
+        message = "\n".join(line for line in str(message).splitlines() if not line.strip().startswith(NOISE))
+        super().error(message, ex)
+
+
+class K15CLI(LightningCLI):
+    def instantiate_classes(self) -> None:
+        """A component that fails to build is a config error: one line naming it, no traceback
+        (set K15_TRACEBACK=1 to see it)."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            if os.environ.get("K15_TRACEBACK"):
+                raise
+            print(f"k15: error: {type(error).__name__}: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def main(args: list[str] | None = None) -> None:
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    K15CLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+        parser_class=K15ArgumentParser,
+        parser_kwargs={"parser_mode": "omegaconf+", "prog": "k15"},
+        args=args,
+    )

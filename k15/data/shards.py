@@ -1,0 +1,62 @@
+"""WebDataset shards of task records: write them, and stream them back.
+
+A record is one JSON object per sample, stored as ``<key>.json`` inside the tar:
+
+    {"prompt": str, "answer": str, "difficulty": int, "solution": str, "domain": str, "source": str}
+
+``solution`` (a worked chain of thought ending in the answer) is what SFT imitates; RL only needs
+prompt, answer and difficulty.
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import webdataset as wds
+from webdataset.shardlists import expand_urls
+
+REQUIRED_FIELDS = ("prompt", "answer", "difficulty")
+
+
+def write_shards(records: Iterable[dict], pattern: str, records_per_shard: int = 5000) -> int:
+    """Write ``records`` to tar shards named by ``pattern`` (e.g. ``shards/x/train-%06d.tar``)."""
+    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with wds.ShardWriter(pattern, maxcount=records_per_shard, verbose=0) as sink:
+        for count, record in enumerate(records, start=1):
+            sink.write({"__key__": f"{count - 1:08d}", "json": record})
+    return count
+
+
+def shard_urls(pattern: str) -> list[str]:
+    """Brace patterns (``train-{000000..000003}.tar``) and globs (``train-*.tar``) to a sorted list."""
+    urls = sorted(u for part in expand_urls(pattern) for u in (glob.glob(part) or [part]))
+    missing = [u for u in urls if "://" not in u and not Path(u).exists()]
+    if not urls or missing:
+        raise FileNotFoundError(f"no shards match {pattern!r}" + (f" (missing: {missing[:3]})" if missing else ""))
+    return urls
+
+
+def read_records(urls: list[str], shuffle_buffer: int = 0, seed: int = 0, loop: bool = False) -> Iterator[dict]:
+    """Stream the JSON records of ``urls``; with ``loop`` restart forever, reshuffled each pass.
+
+    Splits shards across nodes (ranks) and data-loader workers, so every process reads its own.
+    """
+    epoch = 0
+    while True:
+        order = list(urls)
+        if shuffle_buffer:
+            random.Random(seed + epoch).shuffle(order)
+        dataset = wds.WebDataset(
+            order, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False
+        ).decode()
+        if shuffle_buffer:
+            dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed + epoch))
+        for sample in dataset:
+            yield sample["json"]
+        if not loop:
+            return
+        epoch += 1

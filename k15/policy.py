@@ -1,0 +1,111 @@
+"""PolicyModule: one RL iteration's policy update (k1.5 §2.3), with manual optimization.
+
+The rollout callback has already sampled k trajectories per prompt and scored them; this module
+
+    1. scores every trajectory with π_ref (π_θi: the weights as they are now, before any update),
+    2. resets the optimizer state (each iteration is a new mirror-descent problem),
+    3. takes ``passes_per_iteration`` passes of mini-batch steps on the policy loss → θ_{i+1}.
+"""
+
+from __future__ import annotations
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
+
+from k15.data.prompts import PromptBatch
+from k15.logprobs import token_logprobs
+from k15.losses import KimiLoss, PolicyLoss, sequence_log_ratio
+from k15.models import ModelSource
+from k15.module import LanguageModule, default_optimizer
+from k15.reference import ReferenceModule
+from k15.reward import RewardModule
+from k15.rollout import RolloutCallback
+
+
+class PolicyModule(LanguageModule):
+    """The trained policy π_θ, the rollouts it learns from, and its loss.
+
+    Args:
+        model, reward, optimizer, heldout_max_new_tokens: see ``LanguageModule``.
+        rollout: samples and scores each iteration's trajectories; the module adds it to the
+            trainer's callbacks itself, so an RL run cannot lack it.
+        loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …).
+        reference: the π_ref scorer.
+        reset_optimizer_each_iteration: clear optimizer state at the start of every iteration
+            (the paper's choice).
+        passes_per_iteration: passes over the iteration's trajectories.
+        trajectories_per_step: trajectories per optimizer step (None: all N = P·k, one step a pass).
+        gradient_clip_norm: clip the gradient's global norm (None: off).
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        rollout: RolloutCallback,
+        reward: RewardModule | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        heldout_max_new_tokens: int = 64,
+        loss: PolicyLoss = lazy_instance(KimiLoss, tau=0.5),
+        reference: ReferenceModule = lazy_instance(ReferenceModule),
+        reset_optimizer_each_iteration: bool = True,
+        passes_per_iteration: int = 2,
+        trajectories_per_step: int | None = None,
+        gradient_clip_norm: float | None = 1.0,
+    ):
+        super().__init__(model, reward, optimizer, heldout_max_new_tokens)
+        self.automatic_optimization = False
+        self.rollout = rollout
+        self.loss = loss
+        self.reference = reference
+        self.reset_optimizer_each_iteration = reset_optimizer_each_iteration
+        self.passes_per_iteration = passes_per_iteration
+        self.trajectories_per_step = trajectories_per_step
+        self.gradient_clip_norm = gradient_clip_norm
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        self.reference.attach(self.model)
+
+    def configure_callbacks(self):
+        return [self.rollout]
+
+    @property
+    def iteration(self) -> int:
+        """Index i of the current RL iteration (restored on resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        rollout = batch.rollout
+        ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask)
+        advantages = self.loss.advantages(rollout.rewards.total)
+        optimizer = self.optimizers()
+        if self.reset_optimizer_each_iteration:
+            optimizer.optimizer.state.clear()
+
+        n = len(rollout.input_ids)
+        step = self.trajectories_per_step or n
+        losses = []
+        for _ in range(self.passes_per_iteration):
+            for idx in torch.randperm(n, device=ref_logp.device).split(step):
+                logp = token_logprobs(self.model, rollout.input_ids[idx], rollout.attention_mask[idx])
+                loss = self.loss(logp, ref_logp[idx], rollout.loss_mask[idx], advantages[idx])
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                if self.gradient_clip_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                losses.append(loss.detach())
+
+        with torch.no_grad():  # how far θ_{i+1} moved from θ_i, per trajectory
+            logp = token_logprobs(self.model, rollout.input_ids, rollout.attention_mask)
+            log_ratio = sequence_log_ratio(logp, ref_logp, rollout.loss_mask)
+        self.log_dict(
+            {
+                "train/loss": torch.stack(losses).mean(),
+                "train/log_ratio_mean": log_ratio.mean(),
+                "train/log_ratio_abs_max": log_ratio.abs().max(),
+                "train/advantage_abs_mean": advantages.abs().mean(),
+            },
+            batch_size=len(batch),
+        )

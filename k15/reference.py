@@ -1,0 +1,44 @@
+"""ReferenceModule: the frozen log-prob scorer π_ref the policy loss compares against."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from k15.logprobs import token_logprobs
+
+
+class ReferenceModule(LightningModule):
+    """log π_ref(y_t | …) for every token of a rollout, without gradients.
+
+    Args:
+        mode: ``iteration`` — π_ref = π_θi, the policy at the start of the RL iteration (k1.5:
+            the reference resets every iteration). It scores with the policy's own weights
+            before any update, so it costs one forward pass and no memory.
+            ``initial`` — π_ref = the policy when training started: a frozen copy, kept in the
+            checkpoint, for a KL-to-initialisation objective.
+        trajectories_per_pass: trajectories scored per forward pass (bounds activation memory).
+    """
+
+    def __init__(self, mode: Literal["iteration", "initial"] = "iteration", trajectories_per_pass: int = 256):
+        super().__init__()
+        self.mode = mode
+        self.trajectories_per_pass = trajectories_per_pass
+        self.initial: nn.Module | None = None
+
+    def attach(self, policy: nn.Module) -> None:
+        """Called once the policy is built; ``initial`` mode snapshots it here."""
+        if self.mode == "initial" and self.initial is None:
+            self.initial = copy.deepcopy(policy).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        scorer = self.initial if self.mode == "initial" else policy
+        step = self.trajectories_per_pass
+        return torch.cat(
+            [token_logprobs(scorer, input_ids[i : i + step], attention_mask[i : i + step]) for i in range(0, len(input_ids), step)]
+        )

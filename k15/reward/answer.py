@@ -1,0 +1,23 @@
+"""Verifiers: is a completion's final answer the reference answer?"""
+
+from __future__ import annotations
+
+
+class FinalAnswerMatch:
+    """Correct iff the text after the last ``marker`` equals the reference answer exactly.
+
+    A completion without the marker is wrong, so an unfinished chain of thought earns nothing.
+
+    Args:
+        marker: what precedes the final answer in a completion, e.g. ``"A:"``.
+    """
+
+    def __init__(self, marker: str = "A:"):
+        self.marker = marker
+
+    def extract(self, completion: str) -> str | None:
+        head, found, answer = completion.rpartition(self.marker)
+        return answer.strip() if found else None
+
+    def __call__(self, completion: str, answer: str) -> bool:
+        return self.extract(completion) == answer.strip()

@@ -1,0 +1,45 @@
+"""The trajectories of one RL iteration, packed into tensors for the policy update.
+
+Shapes: N = P·k trajectories (prompt-major: trajectory n belongs to prompt n // k), T = longest
+prompt + completion. Sequences are right-padded; ``loss_mask`` marks completion tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from k15.reward.module import Rewards
+from k15.rollout.engine import Completion
+
+
+@dataclass
+class Rollout:
+    input_ids: Tensor  # [N, T]
+    attention_mask: Tensor  # [N, T]
+    loss_mask: Tensor  # [N, T] 1 on completion tokens
+    rewards: Rewards  # each [P, k]
+    completion_lengths: Tensor  # [N]
+    finish_reasons: list[str]  # [N]
+    texts: list[str]  # [N] decoded completions
+    samples_per_prompt: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_lengths.sum())
+
+
+def pack_sequences(prompts: list[list[int]], completions: list[list[Completion]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """prompt + completion per trajectory, right-padded. → input_ids, attention_mask, loss_mask [N, T]."""
+    rows = [(p, c.token_ids) for p, group in zip(prompts, completions, strict=True) for c in group]
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width))
+    for n, (p, c) in enumerate(rows):
+        input_ids[n, : len(p) + len(c)] = torch.tensor(p + c)
+        attention_mask[n, : len(p) + len(c)] = 1
+        loss_mask[n, len(p) : len(p) + len(c)] = 1
+    return input_ids, attention_mask, loss_mask

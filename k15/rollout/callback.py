@@ -1,0 +1,106 @@
+"""RolloutCallback: before each RL iteration's ``training_step``, sample and score its trajectories.
+
+    on_train_batch_start(batch of P prompts):
+        engine.sync(π_θi)  →  k completions per prompt  →  RewardModule  →  batch.rollout
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from k15.data.prompts import PromptBatch
+from k15.rollout.batch import Rollout, pack_sequences
+from k15.rollout.engine import Engine, Sampling
+
+
+class RolloutCallback(Callback):
+    """Samples k trajectories per prompt with ``engine`` and scores them with the policy's reward.
+
+    Args:
+        engine: the rollout engine (``k15.rollout.HFEngine``, …).
+        samples_per_prompt: k.
+        max_new_tokens: most tokens a trajectory may generate.
+        temperature: sampling temperature.
+        top_p: nucleus sampling mass.
+        seed: iteration i samples with seed ``seed + i``, so a resumed run samples as the original.
+        text_samples_every_n_iterations: log a few completions as TensorBoard text this often.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        samples_per_prompt: int = 8,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        text_samples_every_n_iterations: int = 10,
+    ):
+        self.engine = engine
+        self.samples_per_prompt = samples_per_prompt
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.text_samples_every_n_iterations = text_samples_every_n_iterations
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int) -> None:
+        iteration = pl_module.iteration
+        k = self.samples_per_prompt
+        sampling = Sampling(k, self.max_new_tokens, self.temperature, self.top_p, self.seed + iteration)
+        self.engine.sync(pl_module.model)
+        start = time.perf_counter()
+        completions = self.engine.generate(batch.prompt_ids, sampling)
+        seconds = time.perf_counter() - start
+
+        tokenizer = pl_module.tokenizer
+        flat = [c for group in completions for c in group]
+        texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
+        lengths = torch.tensor([len(c.token_ids) for c in flat])
+        answers = [a for a in batch.answers for _ in range(k)]
+        rewards = pl_module.reward(texts, answers, lengths, k, iteration)
+        input_ids, attention_mask, loss_mask = pack_sequences(batch.prompt_ids, completions, tokenizer.pad_token_id)
+        device = pl_module.device
+        batch.rollout = Rollout(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            loss_mask=loss_mask.to(device),
+            rewards=rewards,
+            completion_lengths=lengths,
+            finish_reasons=[c.finish_reason for c in flat],
+            texts=texts,
+            samples_per_prompt=k,
+        )
+        self._log(trainer, pl_module, batch, seconds, iteration)
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, seconds: float, iteration: int) -> None:
+        rollout = batch.rollout
+        lengths = rollout.completion_lengths.float()
+        finished = Counter(rollout.finish_reasons)
+        metrics = {
+            "rollout/reward": rollout.rewards.total.mean(),
+            "rollout/accuracy": rollout.rewards.correct.mean(),
+            "rollout/response_len_mean": lengths.mean(),
+            "rollout/response_len_max": lengths.max(),
+            "rollout/tokens_per_s": rollout.num_tokens / seconds,
+            "rollout/seconds": seconds,
+            # groups whose k rewards differ: the only ones that carry a learning signal
+            "rollout/mixed_groups": (rollout.rewards.total.std(dim=1) > 0).float().mean(),
+        }
+        metrics.update({f"rollout/finish_{reason}": count / len(rollout.finish_reasons) for reason, count in finished.items()})
+        pl_module.log_dict(metrics, batch_size=len(batch))
+        pl_module.log_dict(
+            {"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]}, prog_bar=True, logger=False, batch_size=len(batch)
+        )
+        if isinstance(trainer.logger, TensorBoardLogger) and iteration % self.text_samples_every_n_iterations == 0:
+            k = rollout.samples_per_prompt
+            lines = [
+                f"`{batch.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.total.flatten()[n]:.2f})"
+                for n in range(0, min(len(rollout.texts), 4 * k), k)
+            ]
+            trainer.logger.experiment.add_text("rollout/samples", "\n\n".join(lines), global_step=trainer.global_step)

@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny models: one thread each. Two xdist workers with two OpenMP threads each oversubscribe the
+# two cores, and spinning OpenMP barriers then slow small matmuls by ~100x.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def alphabet() -> str:
+    from k15.data.arithmetic import ALPHABET
+
+    return ALPHABET
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, alphabet) -> Path:
+    """A randomly initialised tiny Qwen2 + tokenizer, saved with save_pretrained."""
+    from k15.models import TinyQwen2
+
+    source = TinyQwen2(alphabet, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    path = tmp_path_factory.mktemp("tiny")
+    source.model().save_pretrained(path)
+    source.tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory) -> Path:
+    """Small train/held-out shards written by the real tools/make_shards.py."""
+    out = tmp_path_factory.mktemp("shards")
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools/make_shards.py"), "--out", str(out), "--train", "300", "--heldout", "40"],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    return out

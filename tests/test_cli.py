@@ -1,0 +1,141 @@
+"""The real CLI on the real configs: both tiny stages, an overlay, resume, print_config, bad configs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def k15(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "k15", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"k15 {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def data_args(shard_dir: Path) -> list[str]:
+    return [
+        f"--data.init_args.train_shards={shard_dir}/train-*.tar.gz",
+        f"--data.init_args.heldout_shards={shard_dir}/heldout-*.tar.gz",
+        "--data.init_args.heldout_prompts=12",
+        "--data.init_args.heldout_prompts_per_batch=6",
+    ]
+
+
+SMALL_MODEL = [
+    "--model.init_args.model.init_args.hidden_size=32",
+    "--model.init_args.model.init_args.num_layers=2",
+    "--model.init_args.model.init_args.num_heads=2",
+    "--model.init_args.model.init_args.num_kv_heads=1",
+    "--model.init_args.model.init_args.intermediate_size=64",
+]
+SMALL_RL = [
+    "--data.init_args.prompts_per_iteration=4",
+    "--model.init_args.rollout.init_args.samples_per_prompt=4",
+    "--model.init_args.rollout.init_args.max_new_tokens=16",
+    "--model.init_args.heldout_max_new_tokens=16",
+]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, shard_dir):
+    """Stage 1 through the CLI, in a scratch working directory."""
+    cwd = tmp_path_factory.mktemp("run")
+    args = ["--data.init_args.steps=4", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1", "--model.init_args.heldout_max_new_tokens=16"]
+    k15("fit", "-c", str(CONF / "tiny_sft.yaml"), *data_args(shard_dir), "--data.init_args.examples_per_step=8", *SMALL_MODEL, *args, cwd=cwd)
+    return cwd
+
+
+def scalars(log_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]} | {"__text__": events.Tags()["tensors"]}
+
+
+def test_sft_stage_exports_a_loadable_model_and_a_summary(sft_run):
+    model = AutoModelForCausalLM.from_pretrained(sft_run / "runs/tiny_sft/hf")
+    assert model.config.hidden_size == 32
+    summary = json.loads((sft_run / "runs/tiny_sft/version_0/summary.json").read_text())
+    assert set(summary) >= {"heldout_acc_before", "heldout_acc_after", "wall_s", "tokens_per_s"}
+    assert summary["steps"] == 4 and summary["tokens_per_s"] > 0
+    logged = scalars(sft_run / "runs/tiny_sft/version_0")
+    assert len(logged["heldout/accuracy"]) == 2 and "train/loss" in logged
+
+
+CHECKPOINT_EVERY_ITERATION = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {every_n_train_steps: 2, save_top_k: -1}
+    - class_path: k15.export.ExportPretrained
+      init_args: {dirpath: runs/tiny/hf}
+    - class_path: k15.summary.RunSummary
+"""
+
+
+def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
+    (sft_run / "ckpt.yaml").write_text(CHECKPOINT_EVERY_ITERATION)
+    rl = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", "ckpt.yaml", *data_args(shard_dir), *SMALL_RL,
+          "--data.init_args.iterations=3", "--trainer.val_check_interval=3"]
+    k15(*rl, cwd=sft_run)
+    log_dir = sft_run / "runs/tiny/version_0"
+    logged = scalars(log_dir)
+    for tag in ("rollout/reward", "rollout/accuracy", "rollout/response_len_mean", "rollout/response_len_max",
+                "rollout/tokens_per_s", "train/loss", "train/log_ratio_mean", "train/log_ratio_abs_max", "heldout/accuracy"):
+        assert tag in logged, tag
+    assert len(logged["rollout/reward"]) == 3
+    assert "rollout/samples/text_summary" in logged["__text__"]
+    summary = json.loads((log_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 * 2  # iterations × passes_per_iteration (full-batch steps)
+    assert summary["heldout_acc_before"] is not None and summary["heldout_acc_after"] is not None
+    AutoModelForCausalLM.from_pretrained(sft_run / "runs/tiny/hf")
+
+    # resume from the checkpoint taken after iteration 1 of 3: the run does iterations 2 and 3 only
+    k15(*rl, f"--ckpt_path={log_dir}/checkpoints/epoch=0-step=2.ckpt", cwd=sft_run)
+    resumed = scalars(sft_run / "runs/tiny/version_1")
+    assert [s.step for s in resumed["rollout/reward"]] == [s.step for s in logged["rollout/reward"]][1:]
+    assert json.loads((sft_run / "runs/tiny/version_1/summary.json").read_text())["steps"] == 6
+
+
+def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
+    out = k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "loss/grpo.yaml"), *data_args(shard_dir), *SMALL_RL,
+              "--data.init_args.iterations=1", "--trainer.val_check_interval=1", "--trainer.logger.init_args.name=grpo", "--print_config", cwd=sft_run)
+    assert yaml.safe_load(out.stdout)["model"]["init_args"]["loss"]["class_path"] == "k15.losses.GRPOLoss"
+    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "loss/grpo.yaml"), *data_args(shard_dir), *SMALL_RL,
+        "--data.init_args.iterations=1", "--trainer.val_check_interval=1", "--trainer.logger.init_args.name=grpo", cwd=sft_run)
+    assert "train/loss" in scalars(sft_run / "runs/grpo/version_0")
+
+
+@pytest.mark.parametrize("config", sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml")))
+def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
+    first = k15("fit", "-c", str(CONF / config), "--print_config").stdout
+    (tmp_path / "printed.yaml").write_text(first)
+    assert k15("fit", "-c", str(tmp_path / "printed.yaml"), "--print_config").stdout == first
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        (["--model.init_args.no_such_key=1"], ["no_such_key"]),
+        (["--model.init_args.passes_per_iteration=two"], ["passes_per_iteration", "two"]),
+        (["--model.init_args.loss.class_path=k15.losses.NoSuchLoss"], ["loss", "NoSuchLoss"]),
+        (["-c", "conf/does_not_exist.yaml"], ["does_not_exist.yaml"]),
+        (["--model.init_args.model.init_args.path=/no/model/here"], ["Pretrained.path", "/no/model/here"]),
+    ],
+)
+def test_bad_config_is_one_clear_message(override, names):
+    result = k15("fit", "-c", "conf/tiny.yaml", *override, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 15, result.stderr
+    for name in names:
+        assert name in result.stderr, result.stderr

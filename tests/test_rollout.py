@@ -1,0 +1,76 @@
+"""HF engine, trajectory packing, and the reference scorer on a real tiny Qwen2."""
+
+import torch
+
+from k15.logprobs import token_logprobs
+from k15.models import Pretrained
+from k15.reference import ReferenceModule
+from k15.rollout import HFEngine, Sampling
+from k15.rollout.batch import pack_sequences
+from k15.rollout.engine import Completion
+from k15.rollout.hf import cut_at_stop
+
+
+def engine_and_prompts(tiny_dir):
+    source = Pretrained(str(tiny_dir))
+    tok, model = source.tokenizer(), source.model()
+    engine = HFEngine()
+    engine.sync(model)
+    return engine, model, [tok("Q:1+2=")["input_ids"], tok("Q:12+345=")["input_ids"]]
+
+
+def test_k_completions_per_prompt_seeded_and_greedy_deterministic(tiny_dir):
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+    sampled = engine.generate(prompts, Sampling(samples_per_prompt=3, max_new_tokens=12, seed=7))
+    assert [len(group) for group in sampled] == [3, 3]
+    again = engine.generate(prompts, Sampling(samples_per_prompt=3, max_new_tokens=12, seed=7))
+    assert [[c.token_ids for c in g] for g in sampled] == [[c.token_ids for c in g] for g in again]
+    for c in (c for g in sampled for c in g):
+        assert 1 <= len(c.token_ids) <= 12
+        assert (c.finish_reason == "stop") == (c.token_ids[-1] == model.config.eos_token_id)
+    greedy = Sampling(samples_per_prompt=1, max_new_tokens=12, temperature=0.0)
+    first, second = engine.generate(prompts, greedy), engine.generate(prompts, greedy)
+    assert [g[0].token_ids for g in first] == [g[0].token_ids for g in second]
+
+
+def test_greedy_matches_argmax_of_the_model(tiny_dir):
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+    completion = engine.generate(prompts[:1], Sampling(1, 6, temperature=0.0))[0][0].token_ids
+    ids = list(prompts[0])
+    for token in completion:
+        assert model(torch.tensor([ids])).logits[0, -1].argmax().item() == token
+        ids.append(token)
+
+
+def test_cut_at_stop_keeps_the_stop_token():
+    assert cut_at_stop([5, 6, 2, 7], {2}) == Completion([5, 6, 2], "stop")
+    assert cut_at_stop([5, 6], {2}) == Completion([5, 6], "length")
+
+
+def test_pack_sequences_masks_only_completion_tokens():
+    prompts = [[1, 10, 11], [1, 12]]
+    completions = [[Completion([20, 2], "stop"), Completion([21, 22, 23], "length")], [Completion([24, 2], "stop")] * 2]
+    input_ids, attention_mask, loss_mask = pack_sequences(prompts, completions, pad_id=0)
+    assert input_ids.shape == (4, 6)
+    assert input_ids[1].tolist() == [1, 10, 11, 21, 22, 23]
+    assert loss_mask[0].tolist() == [0, 0, 0, 1, 1, 0]
+    assert attention_mask[2].tolist() == [1, 1, 1, 1, 0, 0]
+    assert loss_mask[2].tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_reference_modes(tiny_dir):
+    source = Pretrained(str(tiny_dir))
+    policy = source.model()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    initial, iteration = ReferenceModule("initial"), ReferenceModule("iteration")
+    initial.attach(policy)
+    iteration.attach(policy)
+    before = token_logprobs(policy, ids, mask).detach()
+    with torch.no_grad():
+        policy.model.embed_tokens.weight.mul_(1.5)  # the policy moves on
+    after = token_logprobs(policy, ids, mask).detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(initial(policy, ids, mask), before)  # still π at the start
+    torch.testing.assert_close(iteration(policy, ids, mask), after)  # π_θi = current weights
+    assert before[0, 0] == 0 and (before[0, 1:] < 0).all()

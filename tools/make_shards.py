@@ -1,0 +1,53 @@
+"""Write the tiny arithmetic task's WebDataset shards (train and held-out) under shards/.
+
+    python tools/make_shards.py --out shards/addition --train 8000 --heldout 400
+
+Difficulty (digits per operand) is drawn uniformly from 1..MAX_DIFFICULTY; the held-out set
+uses a different seed and excludes every training prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, worked_solution
+from k15.data.shards import write_shards
+
+
+def records(count: int, seed: int, exclude: set[str]) -> list[dict]:
+    rng, out, seen = random.Random(seed), [], set(exclude)
+    while len(out) < count:
+        problem = sample_problem(rng, rng.randint(1, MAX_DIFFICULTY))
+        if problem.prompt in seen:
+            continue
+        seen.add(problem.prompt)
+        out.append(
+            {
+                "prompt": problem.prompt,
+                "answer": problem.answer,
+                "difficulty": problem.difficulty,
+                "solution": worked_solution(problem),
+                "domain": "arithmetic",
+                "source": "k15.synthetic.addition",
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="shards/addition")
+    parser.add_argument("--train", type=int, default=8000, help="training records")
+    parser.add_argument("--heldout", type=int, default=400, help="held-out records")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    heldout = records(args.heldout, seed=args.seed + 1, exclude=set())
+    train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout})
+    n_train = write_shards(train, f"{args.out}/train-%06d.tar.gz", records_per_shard=2000)
+    n_heldout = write_shards(heldout, f"{args.out}/heldout-%06d.tar.gz")
+    print(f"wrote {n_train} train and {n_heldout} held-out records to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
