@@ -7,6 +7,7 @@ is what ``k15.models.Pretrained`` starts the next stage from.
 from __future__ import annotations
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 
 class ExportPretrained(Callback):
@@ -18,6 +19,8 @@ class ExportPretrained(Callback):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # every rank joins the gather of sharded (FSDP2) weights; rank 0 writes
+        state = get_model_state_dict(pl_module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
-            pl_module.model.save_pretrained(self.dirpath)
+            pl_module.model.save_pretrained(self.dirpath, state_dict=state)
             pl_module.tokenizer.save_pretrained(self.dirpath)

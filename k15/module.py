@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import PreTrainedModel
 
 from k15.data.prompts import PromptBatch
@@ -12,6 +12,15 @@ from k15.models import ModelSource
 from k15.reward import RewardModule
 from k15.rollout.engine import Sampling
 from k15.rollout.hf import hf_generate
+
+
+def shard_decoder(model: PreTrainedModel, mesh) -> None:
+    """FSDP2: shard each decoder layer, then the rest (embeddings, norm, tied head) at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -26,6 +35,7 @@ class LanguageModule(LightningModule):
         model: where the weights and tokenizer come from.
         reward: scores completions; its verifier decides held-out correctness.
         optimizer: optimizer factory, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 3e-5}}``.
+        lr_scheduler: optional learning-rate schedule, stepped after every optimizer step.
         heldout_max_new_tokens: generation length for held-out evaluation.
     """
 
@@ -34,6 +44,7 @@ class LanguageModule(LightningModule):
         model: ModelSource,
         reward: RewardModule | None = None,
         optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
         heldout_max_new_tokens: int = 64,
     ):
         super().__init__()
@@ -41,19 +52,26 @@ class LanguageModule(LightningModule):
         self.tokenizer = model.tokenizer()
         self.reward = reward or RewardModule()
         self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.heldout_max_new_tokens = heldout_max_new_tokens
         self.model: PreTrainedModel | None = None
 
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.source.model().train()  # from_pretrained returns eval mode
+            if self._device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel mesh
+                shard_decoder(self.model, self._device_mesh["data_parallel"])
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.model.parameters())
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         sampling = Sampling(samples_per_prompt=1, max_new_tokens=self.heldout_max_new_tokens, temperature=0.0)
         completions = hf_generate(self.model, batch.prompt_ids, sampling)
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct = self.reward.correctness(texts, batch.answers)
-        self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True)
+        self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)

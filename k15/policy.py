@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from jsonargparse import lazy_instance
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from k15.data.prompts import PromptBatch
 from k15.logprobs import token_logprobs
@@ -27,7 +27,7 @@ class PolicyModule(LanguageModule):
     """The trained policy π_θ, the rollouts it learns from, and its loss.
 
     Args:
-        model, reward, optimizer, heldout_max_new_tokens: see ``LanguageModule``.
+        model, reward, optimizer, lr_scheduler, heldout_max_new_tokens: see ``LanguageModule``.
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
         loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …).
@@ -45,6 +45,7 @@ class PolicyModule(LanguageModule):
         rollout: RolloutCallback,
         reward: RewardModule | None = None,
         optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
         heldout_max_new_tokens: int = 64,
         loss: PolicyLoss = lazy_instance(KimiLoss, tau=0.5),
         reference: ReferenceModule = lazy_instance(ReferenceModule),
@@ -53,7 +54,7 @@ class PolicyModule(LanguageModule):
         trajectories_per_step: int | None = None,
         gradient_clip_norm: float | None = 1.0,
     ):
-        super().__init__(model, reward, optimizer, heldout_max_new_tokens)
+        super().__init__(model, reward, optimizer, lr_scheduler, heldout_max_new_tokens)
         self.automatic_optimization = False
         self.rollout = rollout
         self.loss = loss
@@ -79,13 +80,13 @@ class PolicyModule(LanguageModule):
         rollout = batch.rollout
         ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask)
         advantages = self.loss.advantages(rollout.rewards.total)
-        optimizer = self.optimizers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         if self.reset_optimizer_each_iteration:
             optimizer.optimizer.state.clear()
 
         n = len(rollout.input_ids)
         step = self.trajectories_per_step or n
-        losses = []
+        losses, log_ratios = [], []
         for _ in range(self.passes_per_iteration):
             for idx in torch.randperm(n, device=ref_logp.device).split(step):
                 logp = token_logprobs(self.model, rollout.input_ids[idx], rollout.attention_mask[idx])
@@ -95,11 +96,13 @@ class PolicyModule(LanguageModule):
                 if self.gradient_clip_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 losses.append(loss.detach())
+                # ℓ_j as this step's loss saw it (0 on the first pass, where θ = θ_i)
+                log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[idx], rollout.loss_mask[idx]))
 
-        with torch.no_grad():  # how far θ_{i+1} moved from θ_i, per trajectory
-            logp = token_logprobs(self.model, rollout.input_ids, rollout.attention_mask)
-            log_ratio = sequence_log_ratio(logp, ref_logp, rollout.loss_mask)
+        log_ratio = torch.cat(log_ratios)
         self.log_dict(
             {
                 "train/loss": torch.stack(losses).mean(),

@@ -3,15 +3,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Tiny models: one thread each, idle threads asleep. Two xdist workers with two spinning OpenMP
+# threads each oversubscribe the two cores and slow small matmuls by ~100x. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Tiny models: one thread each. Two xdist workers with two OpenMP threads each oversubscribe the
-# two cores, and spinning OpenMP barriers then slow small matmuls by ~100x.
 torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,7 @@ def shard_dir(tmp_path_factory) -> Path:
     """Small train/held-out shards written by the real tools/make_shards.py."""
     out = tmp_path_factory.mktemp("shards")
     subprocess.run(
-        [sys.executable, str(ROOT / "tools/make_shards.py"), "--out", str(out), "--train", "300", "--heldout", "40"],
+        [sys.executable, str(ROOT / "tools/make_shards.py"), "--out", str(out), "--train", "300", "--heldout", "40", "--records-per-shard", "100"],
         check=True,
         cwd=ROOT,
         capture_output=True,

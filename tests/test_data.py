@@ -55,3 +55,11 @@ def test_prompt_batch_and_sft_batch():
     assert sft.attention_mask.sum(1).tolist() == [len("Q:1+2=1+2+0=3,A:3") + 2, len("Q:10+20=0+0+0=0,1+2+0=3,A:30") + 2]
     with pytest.raises(ValueError, match="missing"):
         prompt_batch([{"prompt": "Q:1+2="}], tok)
+
+
+def test_looping_over_no_shards_is_an_error_not_a_hang(tmp_path):
+    write_shards([{"prompt": "Q:1+1=", "answer": "2", "difficulty": 1}], str(tmp_path / "x-%06d.tar"))
+    empty = write_shards([], str(tmp_path / "e-%06d.tar"))
+    assert empty == 0
+    with pytest.raises(ValueError, match="no records"):
+        next(read_records(shard_urls(str(tmp_path / "e-*.tar")), loop=True))

@@ -74,3 +74,14 @@ def test_reference_modes(tiny_dir):
     torch.testing.assert_close(initial(policy, ids, mask), before)  # still π at the start
     torch.testing.assert_close(iteration(policy, ids, mask), after)  # π_θi = current weights
     assert before[0, 0] == 0 and (before[0, 1:] < 0).all()
+
+
+def test_checkpoint_generation_settings_do_not_leak_into_rollouts(tiny_dir):
+    """A repetition penalty in the checkpoint's generation_config would make rollouts samples of
+    something other than π_θ; the engine must ignore it."""
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+    greedy = Sampling(1, 10, temperature=0.0)
+    plain = engine.generate(prompts, greedy)
+    model.generation_config.repetition_penalty = 5.0
+    model.generation_config.top_k = 1
+    assert [g[0].token_ids for g in engine.generate(prompts, greedy)] == [g[0].token_ids for g in plain]

@@ -1,9 +1,10 @@
 """Write the tiny arithmetic task's WebDataset shards (train and held-out) under shards/.
 
-    python tools/make_shards.py --out shards/addition --train 8000 --heldout 400
+    python tools/make_shards.py --out shards/addition --train 20000 --heldout 400
 
 Difficulty (digits per operand) is drawn uniformly from 1..MAX_DIFFICULTY; the held-out set
-uses a different seed and excludes every training prompt.
+uses a different seed and excludes every training prompt. Each record's ``solution`` is the
+imperfect teacher's trace (see k15/data/arithmetic.py); ``teacher`` says which solver wrote it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, worked_solution
+from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, teacher_solution
 from k15.data.shards import write_shards
 
 
@@ -22,12 +23,14 @@ def records(count: int, seed: int, exclude: set[str]) -> list[dict]:
         if problem.prompt in seen:
             continue
         seen.add(problem.prompt)
+        solution, sloppy = teacher_solution(problem, rng)
         out.append(
             {
                 "prompt": problem.prompt,
                 "answer": problem.answer,
                 "difficulty": problem.difficulty,
-                "solution": worked_solution(problem),
+                "solution": solution,
+                "teacher": "sloppy" if sloppy else "correct",
                 "domain": "arithmetic",
                 "source": "k15.synthetic.addition",
             }
@@ -38,13 +41,14 @@ def records(count: int, seed: int, exclude: set[str]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="shards/addition")
-    parser.add_argument("--train", type=int, default=8000, help="training records")
+    parser.add_argument("--train", type=int, default=20000, help="training records")
     parser.add_argument("--heldout", type=int, default=400, help="held-out records")
+    parser.add_argument("--records-per-shard", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     heldout = records(args.heldout, seed=args.seed + 1, exclude=set())
     train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout})
-    n_train = write_shards(train, f"{args.out}/train-%06d.tar.gz", records_per_shard=2000)
+    n_train = write_shards(train, f"{args.out}/train-%06d.tar.gz", records_per_shard=args.records_per_shard)
     n_heldout = write_shards(heldout, f"{args.out}/heldout-%06d.tar.gz")
     print(f"wrote {n_train} train and {n_heldout} held-out records to {args.out}/")
 

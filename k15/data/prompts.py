@@ -112,8 +112,16 @@ class ShardDataModule(LightningDataModule):
         return read_records(self.train_urls, self.shuffle_buffer, self.seed, loop=True)
 
     def val_dataloader(self) -> DataLoader:
-        records = lambda: itertools.islice(read_records(self.heldout_urls), self.heldout_prompts)  # noqa: E731
-        num_batches = math.ceil(self.heldout_prompts / self.heldout_prompts_per_batch)
+        # Every rank reads the held-out set and scores its own equal share (rank, rank + world, …):
+        # equal batch counts keep sharded generation in step across ranks.
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        per_rank = self.heldout_prompts // world
+
+        def records() -> Iterator[dict]:
+            heldout = itertools.islice(read_records(self.heldout_urls, split_by_rank=False), self.heldout_prompts)
+            return itertools.islice(heldout, rank, per_rank * world, world)
+
+        num_batches = math.ceil(per_rank / self.heldout_prompts_per_batch)
         stream = BatchStream(records, self.collate_prompts, self.heldout_prompts_per_batch, num_batches)
         return DataLoader(stream, batch_size=None)
 

@@ -40,10 +40,17 @@ def shard_urls(pattern: str) -> list[str]:
     return urls
 
 
-def read_records(urls: list[str], shuffle_buffer: int = 0, seed: int = 0, loop: bool = False) -> Iterator[dict]:
+def _all_shards(urls):
+    return urls
+
+
+def read_records(
+    urls: list[str], shuffle_buffer: int = 0, seed: int = 0, loop: bool = False, split_by_rank: bool = True
+) -> Iterator[dict]:
     """Stream the JSON records of ``urls``; with ``loop`` restart forever, reshuffled each pass.
 
-    Splits shards across nodes (ranks) and data-loader workers, so every process reads its own.
+    With ``split_by_rank`` each rank (and data-loader worker) reads its own subset of the shards;
+    without it every rank reads them all.
     """
     epoch = 0
     while True:
@@ -51,12 +58,18 @@ def read_records(urls: list[str], shuffle_buffer: int = 0, seed: int = 0, loop: 
         if shuffle_buffer:
             random.Random(seed + epoch).shuffle(order)
         dataset = wds.WebDataset(
-            order, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False
+            order, shardshuffle=False, nodesplitter=wds.split_by_node if split_by_rank else _all_shards, empty_check=False
         ).decode()
         if shuffle_buffer:
             dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed + epoch))
-        for sample in dataset:
+        count = 0
+        for count, sample in enumerate(dataset, start=1):
             yield sample["json"]
         if not loop:
             return
+        if count == 0:  # looping over nothing would spin forever
+            raise ValueError(
+                f"no records for this process in {len(urls)} shard(s): with split_by_rank, every rank "
+                "and data-loader worker needs at least one shard of its own"
+            )
         epoch += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from transformers import GenerationConfig
 
 from k15.rollout.engine import Completion, Engine, Sampling
 
@@ -33,6 +35,20 @@ def hf_generate(model: nn.Module, prompts: list[list[int]], sampling: Sampling, 
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     k = sampling.samples_per_prompt
     greedy = sampling.temperature == 0
+    # A complete config, so nothing from the checkpoint's generation_config.json (a repetition
+    # penalty, top_k, …) changes the distribution: rollouts must be samples of π_θ itself.
+    generation_config = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p,
+        top_k=None,
+        repetition_penalty=1.0,
+        num_return_sequences=k,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+    )
     was_training = model.training
     model.eval()
     results: list[list[Completion]] = []
@@ -47,14 +63,10 @@ def hf_generate(model: nn.Module, prompts: list[list[int]], sampling: Sampling, 
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None,
-                num_return_sequences=k,
-                max_new_tokens=sampling.max_new_tokens,
-                eos_token_id=eos,
-                pad_token_id=config.pad_token_id,
+                generation_config=generation_config,
+                # sharded weights (FSDP2) need every rank in every forward, even when its own
+                # sequences have finished
+                synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
             )
             new = out[:, input_ids.shape[1] :].tolist()
             completions = [cut_at_stop(row, set(eos)) for row in new]
