@@ -119,9 +119,14 @@ def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
     assert "train/loss" in scalars(sft_run / "runs/grpo/version_0")
 
 
-@pytest.mark.parametrize("config", sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml")))
+RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml"))
+OVERLAYS = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml"))  # conf/sft/ overlays tiny_sft.yaml, the rest tiny.yaml
+
+
+@pytest.mark.parametrize("config", RECIPES + OVERLAYS, ids=str)
 def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
-    first = k15("fit", "-c", str(CONF / config), "--print_config").stdout
+    stack = [] if config in RECIPES else ["-c", str(CONF / ("tiny_sft.yaml" if config.parts[0] == "sft" else "tiny.yaml"))]
+    first = k15("fit", *stack, "-c", str(CONF / config), "--print_config").stdout
     (tmp_path / "printed.yaml").write_text(first)
     assert k15("fit", "-c", str(tmp_path / "printed.yaml"), "--print_config").stdout == first
 
