@@ -27,7 +27,7 @@ def tiny_dir(tmp_path_factory, alphabet) -> Path:
     """A randomly initialised tiny Qwen2 + tokenizer, saved with save_pretrained."""
     from k15.models import TinyQwen2
 
-    source = TinyQwen2(alphabet, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    source = TinyQwen2(alphabet, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)  # head_dim 32: the smallest vLLM CPU attention takes
     path = tmp_path_factory.mktemp("tiny")
     source.model().save_pretrained(path)
     source.tokenizer().save_pretrained(path)

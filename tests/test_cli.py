@@ -31,11 +31,11 @@ def data_args(shard_dir: Path) -> list[str]:
 
 
 SMALL_MODEL = [
-    "--model.init_args.model.init_args.hidden_size=32",
+    "--model.init_args.model.init_args.hidden_size=64",
     "--model.init_args.model.init_args.num_layers=2",
     "--model.init_args.model.init_args.num_heads=2",
     "--model.init_args.model.init_args.num_kv_heads=1",
-    "--model.init_args.model.init_args.intermediate_size=64",
+    "--model.init_args.model.init_args.intermediate_size=128",
 ]
 SMALL_RL = [
     "--data.init_args.prompts_per_iteration=4",
@@ -62,7 +62,7 @@ def scalars(log_dir: Path) -> dict[str, list]:
 
 def test_sft_stage_exports_a_loadable_model_and_a_summary(sft_run):
     model = AutoModelForCausalLM.from_pretrained(sft_run / "runs/tiny_sft/hf")
-    assert model.config.hidden_size == 32
+    assert model.config.hidden_size == 64
     summary = json.loads((sft_run / "runs/tiny_sft/version_0/summary.json").read_text())
     assert set(summary) >= {"heldout_acc_before", "heldout_acc_after", "wall_s", "tokens_per_s"}
     assert summary["steps"] == 4 and summary["tokens_per_s"] > 0
@@ -159,5 +159,5 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir):
     logged = scalars(sft_run / "runs/fsdp2/version_0")
     assert len(logged["rollout/reward"]) == 2 and "heldout/accuracy" in logged
     exported = AutoModelForCausalLM.from_pretrained(sft_run / "runs/fsdp2/hf")
-    assert exported.config.hidden_size == 32
+    assert exported.config.hidden_size == 64
     assert json.loads((sft_run / "runs/fsdp2/version_0/summary.json").read_text())["steps"] == 2

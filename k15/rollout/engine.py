@@ -27,10 +27,12 @@ class Completion:
     """One generated continuation. ``token_ids`` include the stop token when one was produced.
 
     finish_reason: ``stop`` (produced <eos>) or ``length`` (hit max_new_tokens).
+    logprobs: the engine's log-prob of each generated token, where the engine reports them.
     """
 
     token_ids: list[int]
     finish_reason: str
+    logprobs: list[float] | None = None
 
 
 class Engine:
