@@ -21,6 +21,7 @@ from k15.module import LanguageModule, default_optimizer
 from k15.reference import ReferenceModule
 from k15.reward import RewardModule
 from k15.rollout import RolloutCallback
+from k15.rollout.consistency import logprob_mismatch
 
 
 class PolicyModule(LanguageModule):
@@ -79,6 +80,9 @@ class PolicyModule(LanguageModule):
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout = batch.rollout
         ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask)
+        if rollout.engine_logprobs is not None and self.reference.mode == "iteration":  # does the engine sample π_θi?
+            abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, ref_logp, rollout.loss_mask)
+            self.log_dict({"rollout/engine_logp_abs_diff": abs_diff, "rollout/engine_kl": kl}, batch_size=len(batch))
         advantages = self.loss.advantages(rollout.rewards.total)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         if self.reset_optimizer_each_iteration:

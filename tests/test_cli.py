@@ -161,3 +161,17 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir):
     exported = AutoModelForCausalLM.from_pretrained(sft_run / "runs/fsdp2/hf")
     assert exported.config.hidden_size == 64
     assert json.loads((sft_run / "runs/fsdp2/version_0/summary.json").read_text())["steps"] == 2
+
+
+def test_vllm_engine_overlay_trains_and_reports_engine_trainer_mismatch(sft_run, shard_dir):
+    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"), *data_args(shard_dir), *SMALL_RL,
+        "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=vllm",
+        # a big step that surely happens (the length reward makes every group's rewards differ):
+        # a stale engine would then disagree with the trainer by far more than the bounds below
+        "--model.init_args.optimizer.init_args.lr=0.05", "--model.init_args.reward.init_args.length_penalty_weight=1.0",
+        "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run)
+    logged = scalars(sft_run / "runs/vllm/version_0")
+    assert len(logged["rollout/reward"]) == 2
+    # the engine was re-synced after iteration 0's update: both iterations sample the trainer's π_θi
+    assert all(s.value < 1e-3 for s in logged["rollout/engine_logp_abs_diff"]), logged["rollout/engine_logp_abs_diff"]
+    assert all(0 <= s.value < 1e-5 for s in logged["rollout/engine_kl"])

@@ -85,3 +85,19 @@ def test_checkpoint_generation_settings_do_not_leak_into_rollouts(tiny_dir):
     model.generation_config.repetition_penalty = 5.0
     model.generation_config.top_k = 1
     assert [g[0].token_ids for g in engine.generate(prompts, greedy)] == [g[0].token_ids for g in plain]
+
+
+def test_repeating_trajectory_is_cut_marked_and_penalised():
+    from k15.reward import RewardModule
+    from k15.rollout import RolloutCallback
+    from k15.rollout.repetition import RepeatDetector
+
+    callback = RolloutCallback(engine=HFEngine(), repeat_detector=RepeatDetector(max_period=4, min_repeats=3, min_span=6))
+    looping = Completion([7, 8, 9] + [5, 6] * 10, "length", [-0.5] * 23)
+    cut = callback.stop_repeats(looping)
+    assert cut.finish_reason == "repeat" and cut.token_ids == [7, 8, 9, 5, 6, 5, 6, 5, 6] and len(cut.logprobs) == 9
+    clean = Completion([7, 8, 9, 2], "stop")
+    assert callback.stop_repeats(clean) is clean
+
+    rewards = RewardModule(repeat_penalty=0.5)(["A:3", "A:3"], ["3", "3"], torch.tensor([4, 9]), ["stop", "repeat"], k=2, iteration=0)
+    assert rewards.total.tolist() == [[1.0, 0.5]] and rewards.correct.tolist() == [[1.0, 1.0]]

@@ -17,7 +17,7 @@ GREEDY = Sampling(samples_per_prompt=1, max_new_tokens=24, temperature=0.0)
 def setup(tiny_dir):
     source = Pretrained(str(tiny_dir))
     tok, model = source.tokenizer(), source.model()
-    engine = VLLMEngine(max_model_len=128)
+    engine = VLLMEngine(max_model_len=128, gpu_memory_utilization=0.05)
     engine.sync(model)
     prompts = [tok(p)["input_ids"] for p in ("Q:65+57=", "Q:123+456=", "Q:7+8=")]
     return engine, model, prompts

