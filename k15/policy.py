@@ -83,7 +83,7 @@ class PolicyModule(LanguageModule):
         if rollout.engine_logprobs is not None and self.reference.mode == "iteration":  # does the engine sample π_θi?
             abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, ref_logp, rollout.loss_mask)
             self.log_dict({"rollout/engine_logp_abs_diff": abs_diff, "rollout/engine_kl": kl}, batch_size=len(batch))
-        advantages = self.loss.advantages(rollout.rewards.total)
+        advantages = self.loss.advantages(rollout.rewards.total).to(ref_logp.device)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         if self.reset_optimizer_each_iteration:
             optimizer.optimizer.state.clear()

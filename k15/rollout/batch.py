@@ -27,6 +27,12 @@ class Rollout:
     samples_per_prompt: int
     engine_logprobs: Tensor | None = None  # [N, T] the engine's log π of each completion token, if reported
 
+    def to(self, device) -> None:
+        """Move the tensors the update reads to ``device`` (rewards stay where scoring made them)."""
+        self.input_ids, self.attention_mask, self.loss_mask = (t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask))
+        if self.engine_logprobs is not None:
+            self.engine_logprobs = self.engine_logprobs.to(device)
+
     @property
     def num_tokens(self) -> int:
         return int(self.completion_lengths.sum())

@@ -56,37 +56,37 @@ class RolloutCallback(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int) -> None:
         iteration = pl_module.iteration
-        k = self.samples_per_prompt
-        sampling = Sampling(k, self.max_new_tokens, self.temperature, self.top_p, self.seed + iteration)
         self.engine.sync(pl_module.model)
         start = time.perf_counter()
+        batch.rollout = self.rollout(batch, pl_module.tokenizer, pl_module.reward, iteration)
+        batch.rollout.to(pl_module.device)
+        self._log(trainer, pl_module, batch, time.perf_counter() - start, iteration)
+
+    def rollout(self, batch: PromptBatch, tokenizer, reward, iteration: int) -> Rollout:
+        """Sample k completions per prompt from the (already synced) engine, score and pack them."""
+        k = self.samples_per_prompt
+        sampling = Sampling(k, self.max_new_tokens, self.temperature, self.top_p, self.seed + iteration)
         completions = self.engine.generate(batch.prompt_ids, sampling)
-        seconds = time.perf_counter() - start
         if self.repeat_detector is not None:
             completions = [[self.stop_repeats(c) for c in group] for group in completions]
 
-        tokenizer = pl_module.tokenizer
         flat = [c for group in completions for c in group]
         texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
         lengths = torch.tensor([len(c.token_ids) for c in flat])
         answers = [a for a in batch.answers for _ in range(k)]
         finish_reasons = [c.finish_reason for c in flat]
-        rewards = pl_module.reward(texts, answers, lengths, finish_reasons, k, iteration)
         input_ids, attention_mask, loss_mask = pack_sequences(batch.prompt_ids, completions, tokenizer.pad_token_id)
-        engine_logprobs = pack_engine_logprobs(batch.prompt_ids, completions, input_ids.shape[1])
-        device = pl_module.device
-        batch.rollout = Rollout(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            loss_mask=loss_mask.to(device),
-            rewards=rewards,
+        return Rollout(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            loss_mask=loss_mask,
+            rewards=reward(texts, answers, lengths, finish_reasons, k, iteration),
             completion_lengths=lengths,
             finish_reasons=finish_reasons,
             texts=texts,
             samples_per_prompt=k,
-            engine_logprobs=None if engine_logprobs is None else engine_logprobs.to(device),
+            engine_logprobs=pack_engine_logprobs(batch.prompt_ids, completions, input_ids.shape[1]),
         )
-        self._log(trainer, pl_module, batch, seconds, iteration)
 
     def stop_repeats(self, completion: Completion) -> Completion:
         keep = self.repeat_detector(completion.token_ids)
@@ -104,7 +104,7 @@ class RolloutCallback(Callback):
             "rollout/accuracy": rollout.rewards.correct.mean(),
             "rollout/response_len_mean": lengths.mean(),
             "rollout/response_len_max": lengths.max(),
-            "rollout/tokens_per_s": rollout.num_tokens / seconds,
+            "rollout/tokens_per_s": rollout.num_tokens / seconds,  # generation, scoring and packing
             "rollout/seconds": seconds,
             # groups whose k rewards differ: the only ones that carry a learning signal
             "rollout/mixed_groups": (rollout.rewards.total.std(dim=1) > 0).float().mean(),

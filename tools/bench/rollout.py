@@ -1,0 +1,96 @@
+"""Rollout throughput: k15's rollout path on vLLM vs raw ``LLM.generate``, and vs the HF engine.
+
+    python tools/bench/rollout.py [--prompts 32 --k 8 --max-new-tokens 128 --repeats 3]
+
+One tiny Qwen2 (``k15.models.TinyQwen2``, random weights) is served three ways, on the same
+prompts from ``shards/addition`` with the same sampling parameters (raw and k15 on vLLM draw the
+very same samples: same engine, same seeds); throughput = generated tokens / wall seconds:
+
+    raw_vllm   ``LLM.generate`` on the very engine k15 built (token ids in, nothing else)
+    k15_vllm   ``RolloutCallback.rollout`` on ``VLLMEngine``: generate + decode + reward + packing
+    k15_hf     the same rollout path on ``HFEngine`` (HF ``generate``)
+
+Each is timed ``--repeats`` times after a warm-up (median). Prints one JSON
+line: ``vs_raw_vllm`` = k15_vllm / raw_vllm (1 − framework overhead), ``vs_hf`` = k15_vllm / k15_hf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from k15.data.arithmetic import ALPHABET
+from k15.data.prompts import prompt_batch
+from k15.data.shards import read_records, shard_urls
+from k15.models import TinyQwen2
+from k15.reward import RewardModule
+from k15.rollout import HFEngine, RolloutCallback
+from k15.rollout.vllm import VLLMEngine
+
+SHARDS = Path(__file__).resolve().parents[2] / "shards" / "addition"
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    source = TinyQwen2(ALPHABET, max_position_embeddings=512)
+    tokenizer, model = source.tokenizer(), source.model()
+    records = list(itertools.islice(read_records(shard_urls(str(SHARDS / "train-*.tar.gz"))), args.prompts))
+    batch = prompt_batch(records, tokenizer)
+    reward = RewardModule()
+
+    engine = VLLMEngine(max_model_len=512, gpu_memory_utilization=0.05)
+    engine.sync(model)
+    hf_engine = HFEngine()
+    hf_engine.sync(model)
+    vllm_path, hf_path = (
+        RolloutCallback(e, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0) for e in (engine, hf_engine)
+    )
+    params = engine.vllm.SamplingParams(
+        n=args.k, max_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=0, logprobs=0,
+        stop_token_ids=engine.eos_token_ids, detokenize=False,
+    )
+    raw_prompts = [{"prompt_token_ids": ids} for ids in batch.prompt_ids]
+
+    def raw_generate() -> int:
+        outputs = engine.llm.generate(raw_prompts, params, use_tqdm=False)
+        return sum(len(c.token_ids) for out in outputs for c in out.outputs)
+
+    raw_tps = raw_generate() / median_seconds(raw_generate, args.repeats)
+    ours_tps = vllm_path.rollout(batch, tokenizer, reward, 0).num_tokens / median_seconds(
+        lambda: vllm_path.rollout(batch, tokenizer, reward, 0), args.repeats
+    )
+    hf_tps = hf_path.rollout(batch, tokenizer, reward, 0).num_tokens / median_seconds(
+        lambda: hf_path.rollout(batch, tokenizer, reward, 0), args.repeats
+    )
+
+    print(json.dumps({
+        "vs_raw_vllm": round(ours_tps / raw_tps, 3), "vs_hf": round(ours_tps / hf_tps, 3),
+        "raw_vllm_tokens_per_s": round(raw_tps), "k15_vllm_tokens_per_s": round(ours_tps), "k15_hf_tokens_per_s": round(hf_tps),
+        "prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens, "torch_threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
