@@ -60,13 +60,18 @@ def main() -> None:
     batch = prompt_batch(records, tokenizer)
     reward = RewardModule()
 
-    engine = VLLMEngine(max_model_len=512, gpu_memory_utilization=0.05)
-    engine.sync(model)
+    def tokens_per_s(path: RolloutCallback) -> float:
+        return path.rollout(batch, tokenizer, reward, 0).num_tokens / median_seconds(
+            lambda: path.rollout(batch, tokenizer, reward, 0), args.repeats
+        )
+
+    # HF first: creating the vLLM engine binds this process's OpenMP threads to cores
     hf_engine = HFEngine()
     hf_engine.sync(model)
-    vllm_path, hf_path = (
-        RolloutCallback(e, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0) for e in (engine, hf_engine)
-    )
+    hf_tps = tokens_per_s(RolloutCallback(hf_engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0))
+
+    engine = VLLMEngine(max_model_len=512, gpu_memory_utilization=0.05)
+    engine.sync(model)
     params = engine.vllm.SamplingParams(
         n=args.k, max_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=0, logprobs=0,
         stop_token_ids=engine.eos_token_ids, detokenize=False,
@@ -78,12 +83,7 @@ def main() -> None:
         return sum(len(c.token_ids) for out in outputs for c in out.outputs)
 
     raw_tps = raw_generate() / median_seconds(raw_generate, args.repeats)
-    ours_tps = vllm_path.rollout(batch, tokenizer, reward, 0).num_tokens / median_seconds(
-        lambda: vllm_path.rollout(batch, tokenizer, reward, 0), args.repeats
-    )
-    hf_tps = hf_path.rollout(batch, tokenizer, reward, 0).num_tokens / median_seconds(
-        lambda: hf_path.rollout(batch, tokenizer, reward, 0), args.repeats
-    )
+    ours_tps = tokens_per_s(RolloutCallback(engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0))
 
     print(json.dumps({
         "vs_raw_vllm": round(ours_tps / raw_tps, 3), "vs_hf": round(ours_tps / hf_tps, 3),
