@@ -9,6 +9,7 @@ sampled by the engine, with log r_t = log π_θi(y_t) − log π_engine(y_t):
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -16,4 +17,5 @@ def logprob_mismatch(engine_logp: Tensor, trainer_logp: Tensor, mask: Tensor) ->
     """(mean |log r|, k3 KL estimate) over the tokens in ``mask``. All [N, T]."""
     log_r = trainer_logp - engine_logp
     tokens = mask.sum().clamp(min=1)
-    return (log_r.abs() * mask).sum() / tokens, ((log_r.exp() - 1 - log_r) * mask).sum() / tokens
+    k3 = (torch.expm1(log_r) - log_r).clamp(min=0)  # ≥ 0 exactly; clamp only removes rounding below 0
+    return (log_r.abs() * mask).sum() / tokens, (k3 * mask).sum() / tokens
