@@ -1,5 +1,5 @@
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from k15.rollout.consistency import logprob_mismatch
@@ -7,6 +7,7 @@ from k15.rollout.consistency import logprob_mismatch
 
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 4), t=st.integers(1, 6), scale=st.floats(0.0, 3.0))
+@example(seed=1, n=1, t=3, scale=2.220446049250313e-16)  # once rounded to a negative KL
 def test_kl_estimate_is_nonnegative_and_zero_only_when_equal(seed, n, t, scale):
     g = torch.Generator().manual_seed(seed)
     engine = -torch.rand(n, t, generator=g, dtype=torch.float64) * 5
