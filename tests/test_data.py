@@ -6,13 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, worked_solution
+from k15.data.arithmetic import ALPHABET, MAX_DIFFICULTY, sample_problem, worked_solution
 from k15.data.prompts import prompt_batch
 from k15.data.sft import IGNORE_INDEX, sft_batch
 from k15.data.shards import read_records, shard_urls, write_shards
 from k15.models.tiny import char_tokenizer
 from k15.reward import FinalAnswerMatch
-from k15.data.arithmetic import ALPHABET
 
 
 @given(st.integers(0, 10**9), st.integers(1, MAX_DIFFICULTY))
