@@ -10,8 +10,8 @@ from transformers import PreTrainedModel
 from k15.data.prompts import PromptBatch
 from k15.models import ModelSource
 from k15.reward import RewardModule
-from k15.rollout.engine import Sampling
-from k15.rollout.hf import hf_generate
+from k15.rollout.engine import Request, Sampling
+from k15.rollout.hf import hf_sample
 
 
 def shard_decoder(model: PreTrainedModel, mesh) -> None:
@@ -70,8 +70,8 @@ class LanguageModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        sampling = Sampling(samples_per_prompt=1, max_new_tokens=self.heldout_max_new_tokens, temperature=0.0)
-        completions = hf_generate(self.model, batch.prompt_ids, sampling)
+        requests = [Request(ids, 1, self.heldout_max_new_tokens) for ids in batch.prompt_ids]
+        completions = hf_sample(self.model, requests, Sampling(temperature=0.0))
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct = self.reward.correctness(texts, batch.answers)
         self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)

@@ -79,9 +79,12 @@ class PolicyModule(LanguageModule):
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout = batch.rollout
+        if rollout is None:  # partial rollouts: no group finished this iteration, nothing to learn from
+            return
         ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask)
-        if rollout.engine_logprobs is not None and self.reference.mode == "iteration":  # does the engine sample π_θi?
-            abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, ref_logp, rollout.loss_mask)
+        sampled_now = (rollout.versions == self.iteration).float()  # older segments came from older weights
+        if rollout.engine_logprobs is not None and self.reference.mode == "iteration" and sampled_now.any():
+            abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, ref_logp, sampled_now)
             self.log_dict({"rollout/engine_logp_abs_diff": abs_diff, "rollout/engine_kl": kl}, batch_size=len(batch))
         advantages = self.loss.advantages(rollout.rewards.total).to(ref_logp.device)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
@@ -108,6 +109,62 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
     resumed = scalars(sft_run / "runs/tiny/version_1")
     assert [s.step for s in resumed["rollout/reward"]] == [s.step for s in logged["rollout/reward"]][1:]
     assert json.loads((sft_run / "runs/tiny/version_1/summary.json").read_text())["steps"] == 6
+
+
+def saved_iterations(folder: Path) -> list[tuple[int, list[dict]]]:
+    """(RL iterations done, replay buffer, path) of every checkpoint in ``folder``, in order."""
+    return sorted((iterations_done(path), buffer(path), path) for path in folder.glob("epoch=*.ckpt"))
+
+
+def iterations_done(checkpoint: Path) -> int:
+    # saved in on_train_batch_end, before Lightning counts that iteration as completed
+    return torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] + 1
+
+
+def buffer(checkpoint: Path) -> list[dict]:
+    return torch.load(checkpoint, weights_only=False)["callbacks"]["RolloutCallback"]["buffer"]["groups"]
+
+
+def carried_over(groups: list[dict], iteration: int) -> list[tuple]:
+    """(prompt, per trajectory its (version, tokens) segments) of the groups started before ``iteration``."""
+    return sorted(
+        (g["prompt"], [[(s["version"], s["token_ids"]) for s in t["segments"]] for t in g["trajectories"]])
+        for g in groups
+        if min(s["version"] for t in g["trajectories"] for s in t["segments"]) < iteration
+    )
+
+
+def test_partial_rollouts_live_in_the_checkpoint_and_resume_continues_them(sft_run, shard_dir):
+    """Budget 8 tokens an iteration, cap 24: trajectories span up to 3 iterations (policy versions).
+    Checkpoints follow optimizer steps, so an iteration in which no group finished saves none."""
+    (sft_run / "every_step.yaml").write_text(CHECKPOINT_EVERY_ITERATION.replace("every_n_train_steps: 2", "every_n_train_steps: 1"))
+    rl = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"), "-c", "every_step.yaml", *data_args(shard_dir), *SMALL_RL,
+          "--model.init_args.rollout.init_args.segment_tokens=8", "--model.init_args.rollout.init_args.max_new_tokens=24",
+          "--data.init_args.iterations=5", "--trainer.val_check_interval=5", "--trainer.num_sanity_val_steps=0",
+          "--trainer.logger.init_args.name=partial"]
+    k15(*rl, cwd=sft_run)
+    first = sft_run / "runs/partial/version_0/checkpoints"
+    saved = saved_iterations(first)
+    # the first checkpoint holding unfinished trajectories that a later one follows
+    index = next(i for i, (_, groups, _) in enumerate(saved[:-1]) if groups)
+    (mid_iteration, mid, mid_path), (end_iteration, end, _) = saved[index], saved[index + 1]
+    assert all(s["version"] < mid_iteration for g in mid for t in g["trajectories"] for s in t["segments"])
+
+    k15(*rl, f"--ckpt_path={mid_path}", cwd=sft_run)
+    resumed_iteration, resumed_end, _ = saved_iterations(sft_run / "runs/partial/version_1/checkpoints")[0]
+    # the resumed run continued the checkpointed trajectories exactly as the uninterrupted run did
+    # (same θ, same per-sample seeds); only its new prompts differ (the prompt stream restarts)
+    assert resumed_iteration == end_iteration
+    assert carried_over(resumed_end, mid_iteration) == carried_over(end, mid_iteration)
+    continued = [g for g in carried_over(end, mid_iteration) if any(v >= mid_iteration for t in g[1] for v, _ in t)]
+    assert continued, "no checkpointed trajectory was continued after the resume point"
+    mid_tokens = {g["prompt"]: [sum((s["token_ids"] for s in t["segments"]), []) for t in g["trajectories"]] for g in mid}
+    for prompt, trajectories in continued:
+        for before, segments in zip(mid_tokens[prompt], trajectories, strict=True):
+            assert sum((tokens for _, tokens in segments), [])[: len(before)] == before
+    logged = scalars(sft_run / "runs/partial/version_0")
+    assert {"rollout/buffer_groups", "rollout/stale_token_share", "rollout/finish_budget"} <= set(logged)
+    assert max(s.value for s in logged["rollout/stale_token_share"]) > 0  # groups trained on tokens of older policies
 
 
 def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):

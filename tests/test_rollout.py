@@ -6,9 +6,10 @@ from k15.logprobs import token_logprobs
 from k15.models import Pretrained
 from k15.reference import ReferenceModule
 from k15.rollout import HFEngine, Sampling
-from k15.rollout.batch import pack_sequences
+from k15.rollout.batch import pack_trajectories
 from k15.rollout.engine import Completion
 from k15.rollout.hf import cut_at_stop
+from k15.rollout.trajectory import Group, Segment, Trajectory
 
 
 def engine_and_prompts(tiny_dir):
@@ -47,15 +48,27 @@ def test_cut_at_stop_keeps_the_stop_token():
     assert cut_at_stop([5, 6], {2}) == Completion([5, 6], "length")
 
 
-def test_pack_sequences_masks_only_completion_tokens():
-    prompts = [[1, 10, 11], [1, 12]]
-    completions = [[Completion([20, 2], "stop"), Completion([21, 22, 23], "length")], [Completion([24, 2], "stop")] * 2]
-    input_ids, attention_mask, loss_mask = pack_sequences(prompts, completions, pad_id=0)
+def test_pack_trajectories_places_completion_tokens_versions_and_logprobs():
+    groups = [
+        Group([1, 10, 11], "a", "1", [Trajectory([Segment(0, [20, 2], [-0.1, -0.2])]), Trajectory([Segment(0, [21], [-0.3]), Segment(1, [22, 23], [-0.4, -0.5])])]),
+        Group([1, 12], "b", "2", [Trajectory([Segment(1, [24, 2], [-0.6, -0.7])])] * 2),
+    ]
+    input_ids, attention_mask, versions, logprobs = pack_trajectories(groups, pad_id=0)
     assert input_ids.shape == (4, 6)
     assert input_ids[1].tolist() == [1, 10, 11, 21, 22, 23]
-    assert loss_mask[0].tolist() == [0, 0, 0, 1, 1, 0]
+    assert versions[0].tolist() == [-1, -1, -1, 0, 0, -1]
+    assert versions[1].tolist() == [-1, -1, -1, 0, 1, 1]
     assert attention_mask[2].tolist() == [1, 1, 1, 1, 0, 0]
-    assert loss_mask[2].tolist() == [0, 0, 1, 1, 0, 0]
+    assert versions[2].tolist() == [-1, -1, 1, 1, -1, -1]
+    torch.testing.assert_close(logprobs[1], torch.tensor([0, 0, 0, -0.3, -0.4, -0.5]))
+    groups[0].trajectories[0].segments[0].logprobs = None  # an engine that reports none
+    assert pack_trajectories(groups, pad_id=0)[3] is None
+
+
+def test_trajectory_truncates_across_segments():
+    trajectory = Trajectory([Segment(0, [1, 2, 3], [-1.0] * 3), Segment(1, [4, 5], [-2.0] * 2), Segment(2, [6], [-3.0])])
+    trajectory.truncate(4)
+    assert trajectory.token_ids == [1, 2, 3, 4] and trajectory.versions == [0, 0, 0, 1] and trajectory.logprobs == [-1.0] * 3 + [-2.0]
 
 
 def test_reference_modes(tiny_dir):
@@ -92,12 +105,15 @@ def test_repeating_trajectory_is_cut_marked_and_penalised():
     from k15.rollout import RolloutCallback
     from k15.rollout.repetition import RepeatDetector
 
-    callback = RolloutCallback(engine=HFEngine(), repeat_detector=RepeatDetector(max_period=4, min_repeats=3, min_span=6))
-    looping = Completion([7, 8, 9] + [5, 6] * 10, "length", [-0.5] * 23)
-    cut = callback.stop_repeats(looping)
-    assert cut.finish_reason == "repeat" and cut.token_ids == [7, 8, 9, 5, 6, 5, 6, 5, 6] and len(cut.logprobs) == 9
-    clean = Completion([7, 8, 9, 2], "stop")
-    assert callback.stop_repeats(clean) is clean
+    callback = RolloutCallback(engine=HFEngine(), max_new_tokens=64, repeat_detector=RepeatDetector(max_period=4, min_repeats=3, min_span=6))
+    # the loop begins in one segment and becomes certain in the next
+    looping = Trajectory([Segment(0, [7, 8, 9, 5, 6], [-0.5] * 5), Segment(1, [5, 6] * 9, [-0.5] * 18)])
+    assert callback.finish_reason(looping, Completion([5, 6] * 9, "length")) == "repeat"
+    assert looping.token_ids == [7, 8, 9, 5, 6, 5, 6, 5, 6] and len(looping.logprobs) == 9
+    clean = Trajectory([Segment(0, [7, 8, 9, 2])])
+    assert callback.finish_reason(clean, Completion([7, 8, 9, 2], "stop")) == "stop" and len(clean) == 4
+    going = Trajectory([Segment(0, [7, 8, 9])])
+    assert callback.finish_reason(going, Completion([7, 8, 9], "length")) is None  # under the cap: continues
 
     rewards = RewardModule(repeat_penalty=0.5)(["A:3", "A:3"], ["3", "3"], torch.tensor([4, 9]), ["stop", "repeat"], k=2, iteration=0)
     assert rewards.total.tolist() == [[1.0, 0.5]] and rewards.correct.tolist() == [[1.0, 1.0]]

@@ -17,9 +17,10 @@ GREEDY = Sampling(samples_per_prompt=1, max_new_tokens=24, temperature=0.0)
 def setup(tiny_dir):
     source = Pretrained(str(tiny_dir))
     tok, model = source.tokenizer(), source.model()
-    engine = VLLMEngine(max_model_len=128, gpu_memory_utilization=0.05)
+    # block size 32: the long prompt fills a whole KV block, which prefix caching then reuses
+    engine = VLLMEngine(max_model_len=128, kv_cache_gib=0.05, block_size=32)
     engine.sync(model)
-    prompts = [tok(p)["input_ids"] for p in ("Q:65+57=", "Q:123+456=", "Q:7+8=")]
+    prompts = [tok(p)["input_ids"] for p in ("Q:65+57=", "Q:123+456=", "Q:7+8=", "Q:" + "1234567890" * 4 + "+9=")]
     return engine, model, prompts
 
 
@@ -47,7 +48,7 @@ def test_engine_matches_policy_before_and_after_an_update(setup):
     (token_logprobs(model, ids, torch.ones_like(ids)).sum()).backward()
     optimizer.step()
 
-    engine.sync(model)
+    engine.sync(model)  # must also drop the long prompt's cached KV block, computed by the old weights
     assert_engine_matches_policy(engine, model, prompts)
     assert [g[0].token_ids for g in engine.generate(prompts, GREEDY)] != [g[0].token_ids for g in before]
 
@@ -56,7 +57,7 @@ def test_k_samples_seeded(setup):
     engine, model, prompts = setup
     sampling = Sampling(samples_per_prompt=4, max_new_tokens=16, temperature=1.0, seed=3)
     first, again = engine.generate(prompts, sampling), engine.generate(prompts, sampling)
-    assert [len(g) for g in first] == [4, 4, 4]
+    assert [len(g) for g in first] == [4, 4, 4, 4]
     assert [[c.token_ids for c in g] for g in first] == [[c.token_ids for c in g] for g in again]
     for c in (c for g in first for c in g):
         assert len(c.logprobs) == len(c.token_ids) and all(lp <= 0 for lp in c.logprobs)

@@ -1,34 +1,50 @@
 """RolloutCallback: before each RL iteration's ``training_step``, sample and score its trajectories.
 
-    on_train_batch_start(batch of P prompts):
-        engine.sync(π_θi)  →  k completions per prompt  →  RewardModule  →  batch.rollout
+    on_train_batch_start(batch of P new prompts):
+        engine.wake_up → engine.sync(π_θi) → continue the replay buffer's unfinished trajectories
+        and start k for each new prompt, each by ≤ segment_tokens → groups whose k trajectories
+        have all finished → RewardModule → batch.rollout → engine.sleep
+
+Partial rollouts (k1.5 §2.6.2): with ``segment_tokens`` set, no iteration waits for the long
+tail. A trajectory still going after its budget is kept in the replay buffer (part of the
+checkpoint) and resubmitted next iteration as prompt + tokens so far, so one trajectory can span
+several policy versions; ``segments_in_loss`` says whether the older segments are trained on.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from k15.data.prompts import PromptBatch
-from k15.rollout.batch import Rollout, pack_engine_logprobs, pack_sequences
-from k15.rollout.engine import Completion, Engine, Sampling
+from k15.rollout.batch import Rollout, pack_trajectories
+from k15.rollout.engine import Completion, Engine, Request, Sampling
 from k15.rollout.repetition import RepeatDetector
+from k15.rollout.trajectory import UNFINISHED_REASON, Group, ReplayBuffer, Segment, Trajectory
+
+SAMPLES_PER_ITERATION_SEED_STRIDE = 1 << 20  # iteration i's samples use seeds seed + i·2²⁰ + j
 
 
 class RolloutCallback(Callback):
     """Samples k trajectories per prompt with ``engine`` and scores them with the policy's reward.
 
     Args:
-        engine: the rollout engine (``k15.rollout.HFEngine``, …).
+        engine: the rollout engine (``k15.rollout.HFEngine``, ``k15.rollout.vllm.VLLMEngine``).
         samples_per_prompt: k.
-        max_new_tokens: most tokens a trajectory may generate.
+        max_new_tokens: hard cap on a trajectory's total length, over all its segments.
+        segment_tokens: partial rollouts: the most tokens a trajectory may generate in one
+            iteration (None: off, every trajectory runs to the end in its first iteration).
+        segments_in_loss: ``all`` trains on every token of a finished trajectory; ``newest`` only
+            on the tokens this iteration's π_θi sampled (older segments are context only).
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
-        seed: iteration i samples with seed ``seed + i``, so a resumed run samples as the original.
+        seed: sample j of iteration i is seeded ``seed + i·2²⁰ + j``, so a resumed run samples as
+            the original.
         repeat_detector: stops a trajectory where it starts looping and marks it ``repeat``
             (None: off). The reward's ``repeat_penalty`` then applies.
         text_samples_every_n_iterations: log a few completions as TensorBoard text this often.
@@ -39,85 +55,154 @@ class RolloutCallback(Callback):
         engine: Engine,
         samples_per_prompt: int = 8,
         max_new_tokens: int = 64,
+        segment_tokens: int | None = None,
+        segments_in_loss: Literal["all", "newest"] = "all",
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
         repeat_detector: RepeatDetector | None = None,
         text_samples_every_n_iterations: int = 10,
     ):
+        if segment_tokens is not None and segment_tokens < 1:
+            raise ValueError(f"segment_tokens must be ≥ 1 or null, got {segment_tokens}")
         self.engine = engine
         self.samples_per_prompt = samples_per_prompt
         self.max_new_tokens = max_new_tokens
+        self.segment_tokens = segment_tokens
+        self.segments_in_loss = segments_in_loss
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
         self.repeat_detector = repeat_detector
         self.text_samples_every_n_iterations = text_samples_every_n_iterations
+        self.buffer = ReplayBuffer()
+        self.segment_outcomes: Counter[str] = Counter()  # this iteration: stop / repeat / max_length / budget
+        self.new_tokens = 0  # tokens generated this iteration
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.segment_tokens is not None and trainer.world_size > 1:
+            # each rank would finish a different number of groups, and so take a different
+            # number of sharded forward/backward passes: the collectives would deadlock
+            raise ValueError("rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null")
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.buffer.load_state_dict(state_dict["buffer"])
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int) -> None:
         iteration = pl_module.iteration
-        self.engine.sync(pl_module.model)
         start = time.perf_counter()
+        self.engine.wake_up()
+        self.engine.sync(pl_module.model)
+        synced = time.perf_counter()
         batch.rollout = self.rollout(batch, pl_module.tokenizer, pl_module.reward, iteration)
-        batch.rollout.to(pl_module.device)
-        self._log(trainer, pl_module, batch, time.perf_counter() - start, iteration)
+        self.engine.sleep()
+        if batch.rollout is not None:
+            batch.rollout.to(pl_module.device)
+        self._log(trainer, pl_module, batch.rollout, synced - start, time.perf_counter() - synced, iteration)
 
-    def rollout(self, batch: PromptBatch, tokenizer, reward, iteration: int) -> Rollout:
-        """Sample k completions per prompt from the (already synced) engine, score and pack them."""
+    def rollout(self, batch: PromptBatch, tokenizer, reward, iteration: int) -> Rollout | None:
+        """Continue the buffered trajectories and start k per new prompt on the (already synced)
+        engine; score and pack the groups that finished. None when no group finished."""
         k = self.samples_per_prompt
-        sampling = Sampling(k, self.max_new_tokens, self.temperature, self.top_p, self.seed + iteration)
-        completions = self.engine.generate(batch.prompt_ids, sampling)
-        if self.repeat_detector is not None:
-            completions = [[self.stop_repeats(c) for c in group] for group in completions]
+        fresh = [Group(ids, p, a, [Trajectory() for _ in range(k)]) for ids, p, a in zip(batch.prompt_ids, batch.prompts, batch.answers, strict=True)]
+        groups = self.buffer.take() + fresh
+        self.extend(groups, iteration)
+        self.buffer.put([g for g in groups if not g.finished])
+        finished = [g for g in groups if g.finished]
+        return self.score(finished, tokenizer, reward, iteration) if finished else None
 
-        flat = [c for group in completions for c in group]
-        texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
-        lengths = torch.tensor([len(c.token_ids) for c in flat])
-        answers = [a for a in batch.answers for _ in range(k)]
-        finish_reasons = [c.finish_reason for c in flat]
-        input_ids, attention_mask, loss_mask = pack_sequences(batch.prompt_ids, completions, tokenizer.pad_token_id)
+    def extend(self, groups: list[Group], iteration: int) -> None:
+        """Generate one segment, of ≤ segment_tokens, for every unfinished trajectory."""
+        budget = min(self.segment_tokens or self.max_new_tokens, self.max_new_tokens)
+        requests, targets = [], []
+        for group in groups:
+            new = [t for t in group.trajectories if not t.segments]
+            if new:  # a new prompt: one request for its k samples
+                requests.append(Request(group.prompt_ids, len(new), budget))
+                targets.append(new)
+            for t in group.trajectories:
+                if t.segments and t.finish_reason is None:
+                    requests.append(Request(group.prompt_ids + t.token_ids, 1, min(budget, self.max_new_tokens - len(t))))
+                    targets.append([t])
+        seed = self.seed + iteration * SAMPLES_PER_ITERATION_SEED_STRIDE
+        completions = self.engine.sample(requests, Sampling(temperature=self.temperature, top_p=self.top_p, seed=seed))
+        self.segment_outcomes, self.new_tokens = Counter(), 0
+        for trajectories, group_completions in zip(targets, completions, strict=True):
+            for trajectory, completion in zip(trajectories, group_completions, strict=True):
+                trajectory.segments.append(Segment(iteration, completion.token_ids, completion.logprobs))
+                self.new_tokens += len(completion.token_ids)
+                trajectory.finish_reason = self.finish_reason(trajectory, completion)
+                self.segment_outcomes[trajectory.finish_reason or UNFINISHED_REASON] += 1
+
+    def finish_reason(self, trajectory: Trajectory, completion: Completion) -> str | None:
+        """Why ``trajectory`` ended with its newest segment, or None if it goes on."""
+        if self.repeat_detector is not None:
+            keep = self.repeat_detector(trajectory.token_ids)
+            if keep is not None:
+                trajectory.truncate(keep)
+                return "repeat"
+        if completion.finish_reason == "stop":
+            return "stop"
+        if len(trajectory) >= self.max_new_tokens:
+            return "max_length"
+        return None
+
+    def score(self, groups: list[Group], tokenizer, reward, iteration: int) -> Rollout:
+        k = self.samples_per_prompt
+        trajectories = [t for g in groups for t in g.trajectories]
+        texts = tokenizer.batch_decode([t.token_ids for t in trajectories], skip_special_tokens=True)
+        lengths = torch.tensor([len(t) for t in trajectories])
+        answers = [g.answer for g in groups for _ in range(k)]
+        finish_reasons = [t.finish_reason for t in trajectories]
+        input_ids, attention_mask, versions, engine_logprobs = pack_trajectories(groups, tokenizer.pad_token_id)
+        in_loss = versions == iteration if self.segments_in_loss == "newest" else versions >= 0
         return Rollout(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            loss_mask=loss_mask,
+            loss_mask=in_loss.float(),
+            versions=versions,
             rewards=reward(texts, answers, lengths, finish_reasons, k, iteration),
             completion_lengths=lengths,
             finish_reasons=finish_reasons,
             texts=texts,
+            prompts=[g.prompt for g in groups],
             samples_per_prompt=k,
-            engine_logprobs=pack_engine_logprobs(batch.prompt_ids, completions, input_ids.shape[1]),
+            engine_logprobs=engine_logprobs,
         )
 
-    def stop_repeats(self, completion: Completion) -> Completion:
-        keep = self.repeat_detector(completion.token_ids)
-        if keep is None or keep >= len(completion.token_ids):
-            return completion
-        logprobs = None if completion.logprobs is None else completion.logprobs[:keep]
-        return Completion(completion.token_ids[:keep], "repeat", logprobs)
-
-    def _log(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, seconds: float, iteration: int) -> None:
-        rollout = batch.rollout
-        lengths = rollout.completion_lengths.float()
-        finished = Counter(rollout.finish_reasons)
+    def _log(self, trainer: Trainer, pl_module: LightningModule, rollout: Rollout | None, sync_s: float, rollout_s: float, iteration: int) -> None:
+        segments = sum(self.segment_outcomes.values())
         metrics = {
-            "rollout/reward": rollout.rewards.total.mean(),
-            "rollout/accuracy": rollout.rewards.correct.mean(),
-            "rollout/response_len_mean": lengths.mean(),
-            "rollout/response_len_max": lengths.max(),
-            "rollout/tokens_per_s": rollout.num_tokens / seconds,  # generation, scoring and packing
-            "rollout/seconds": seconds,
-            # groups whose k rewards differ: the only ones that carry a learning signal
-            "rollout/mixed_groups": (rollout.rewards.total.std(dim=1) > 0).float().mean(),
+            "rollout/sync_seconds": sync_s,
+            "rollout/seconds": rollout_s,  # generation, scoring and packing
+            "rollout/tokens_per_s": self.new_tokens / rollout_s,
+            "rollout/buffer_groups": float(len(self.buffer)),
+            "rollout/buffer_trajectories": float(self.buffer.unfinished_trajectories),
         }
-        metrics.update({f"rollout/finish_{reason}": count / len(rollout.finish_reasons) for reason, count in finished.items()})
-        pl_module.log_dict(metrics, batch_size=len(batch))
-        pl_module.log_dict(
-            {"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]}, prog_bar=True, logger=False, batch_size=len(batch)
-        )
-        if isinstance(trainer.logger, TensorBoardLogger) and iteration % self.text_samples_every_n_iterations == 0:
+        metrics.update({f"rollout/finish_{reason}": count / segments for reason, count in self.segment_outcomes.items()})
+        if rollout is not None:
+            lengths = rollout.completion_lengths.float()
+            completion = rollout.versions >= 0
+            metrics |= {
+                "rollout/reward": rollout.rewards.total.mean(),
+                "rollout/accuracy": rollout.rewards.correct.mean(),
+                "rollout/response_len_mean": lengths.mean(),
+                "rollout/response_len_max": lengths.max(),
+                "rollout/groups_finished": float(len(rollout.prompts)),
+                # tokens sampled by an older policy than π_θi: what partial rollouts trade for speed
+                "rollout/stale_token_share": ((rollout.versions < iteration) & completion).sum() / completion.sum(),
+                # groups whose k rewards differ: the only ones that carry a learning signal
+                "rollout/mixed_groups": (rollout.rewards.total.std(dim=1) > 0).float().mean(),
+            }
+            pl_module.log_dict({"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]}, prog_bar=True, logger=False, batch_size=1)
+        pl_module.log_dict(metrics, batch_size=1)
+        if rollout is not None and isinstance(trainer.logger, TensorBoardLogger) and iteration % self.text_samples_every_n_iterations == 0:
             k = rollout.samples_per_prompt
             lines = [
-                f"`{batch.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.total.flatten()[n]:.2f})"
+                f"`{rollout.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.total.flatten()[n]:.2f})"
                 for n in range(0, min(len(rollout.texts), 4 * k), k)
             ]
             trainer.logger.experiment.add_text("rollout/samples", "\n\n".join(lines), global_step=trainer.global_step)

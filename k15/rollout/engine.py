@@ -1,4 +1,4 @@
-"""The rollout engine interface: token-id prompts in, k sampled completions per prompt out.
+"""The rollout engine interface: token-id requests in, sampled completions out.
 
 Engines are swapped in YAML (``engine: {class_path: k15.rollout.HFEngine}``); the rollout
 callback, evaluation and benchmarks only see this interface.
@@ -13,7 +13,11 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to sample. ``temperature = 0`` means greedy."""
+    """How to sample. ``temperature = 0`` means greedy.
+
+    ``samples_per_prompt`` and ``max_new_tokens`` apply to ``Engine.generate`` (the same for every
+    prompt); ``Engine.sample`` takes them per request.
+    """
 
     samples_per_prompt: int = 1
     max_new_tokens: int = 64
@@ -22,11 +26,23 @@ class Sampling:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class Request:
+    """Sample ``samples`` continuations of ``token_ids``, each at most ``max_new_tokens`` long.
+
+    A partial rollout resubmits prompt + the tokens generated so far as ``token_ids``.
+    """
+
+    token_ids: list[int]
+    samples: int = 1
+    max_new_tokens: int = 64
+
+
 @dataclass
 class Completion:
     """One generated continuation. ``token_ids`` include the stop token when one was produced.
 
-    finish_reason: ``stop`` (produced <eos>) or ``length`` (hit max_new_tokens).
+    finish_reason: ``stop`` (produced <eos>) or ``length`` (hit its request's max_new_tokens).
     logprobs: the engine's log-prob of each generated token, where the engine reports them.
     """
 
@@ -42,6 +58,20 @@ class Engine:
         """Make the engine sample from ``model``'s current weights (θ_i)."""
         raise NotImplementedError
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
-        """Return ``sampling.samples_per_prompt`` completions for each prompt: [P][k]."""
+    def sample(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        """Return ``request.samples`` completions for each request: [R][samples].
+
+        With a seed, the j-th completion of the whole call (counting request by request) is
+        sampled with seed ``sampling.seed + j`` where the engine seeds per sequence.
+        """
         raise NotImplementedError
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """``sampling.samples_per_prompt`` completions of at most ``sampling.max_new_tokens`` per prompt: [P][k]."""
+        return self.sample([Request(p, sampling.samples_per_prompt, sampling.max_new_tokens) for p in prompts], sampling)
+
+    def sleep(self) -> None:
+        """Free the engine's accelerator memory while the trainer updates the policy."""
+
+    def wake_up(self) -> None:
+        """Take back what ``sleep`` freed, before the next ``sync``."""

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import nn
 from transformers import GenerationConfig
 
-from k15.rollout.engine import Completion, Engine, Sampling
+from k15.rollout.engine import Completion, Engine, Request, Sampling
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,37 +29,39 @@ def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> Completion:
 
 
 @torch.no_grad()
-def hf_generate(model: nn.Module, prompts: list[list[int]], sampling: Sampling, max_batch_size: int = 512) -> list[list[Completion]]:
-    """Sample with ``model.generate`` in chunks of ≤ ``max_batch_size`` sequences. → [P][k]."""
+def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max_batch_size: int = 512) -> list[list[Completion]]:
+    """Sample with ``model.generate``, ≤ ``max_batch_size`` sequences at a time. → [R][samples].
+
+    Each request is expanded to ``samples`` rows; a chunk generates up to its longest row limit
+    and every row is cut back to its own, which is the same as having stopped there.
+    """
     config = model.generation_config
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    k = sampling.samples_per_prompt
     greedy = sampling.temperature == 0
-    # A complete config, so nothing from the checkpoint's generation_config.json (a repetition
-    # penalty, top_k, …) changes the distribution: rollouts must be samples of π_θ itself.
-    generation_config = GenerationConfig(
-        do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature,
-        top_p=None if greedy else sampling.top_p,
-        top_k=None,
-        repetition_penalty=1.0,
-        num_return_sequences=k,
-        max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-    )
+    rows = [(request.token_ids, request.max_new_tokens) for request in requests for _ in range(request.samples)]
     was_training = model.training
     model.eval()
-    results: list[list[Completion]] = []
-    prompts_per_chunk = max(1, max_batch_size // k)
+    completions: list[Completion] = []
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        for start in range(0, len(prompts), prompts_per_chunk):
-            chunk = prompts[start : start + prompts_per_chunk]
-            input_ids, attention_mask = left_pad(chunk, config.pad_token_id)
+        for start in range(0, len(rows), max_batch_size):
+            chunk = rows[start : start + max_batch_size]
+            # A complete config, so nothing from the checkpoint's generation_config.json (a
+            # repetition penalty, top_k, …) changes the distribution: rollouts must be samples of π_θ.
+            generation_config = GenerationConfig(
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None,
+                repetition_penalty=1.0,
+                max_new_tokens=max(limit for _, limit in chunk),
+                eos_token_id=eos,
+                pad_token_id=config.pad_token_id,
+                bos_token_id=config.bos_token_id,
+            )
+            input_ids, attention_mask = left_pad([ids for ids, _ in chunk], config.pad_token_id)
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -69,10 +71,13 @@ def hf_generate(model: nn.Module, prompts: list[list[int]], sampling: Sampling, 
                 synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
             )
             new = out[:, input_ids.shape[1] :].tolist()
-            completions = [cut_at_stop(row, set(eos)) for row in new]
-            results.extend(completions[i : i + k] for i in range(0, len(completions), k))
+            completions.extend(cut_at_stop(row[:limit], set(eos)) for row, (_, limit) in zip(new, chunk, strict=True))
     model.train(was_training)
-    return results
+    groups, start = [], 0
+    for request in requests:
+        groups.append(completions[start : start + request.samples])
+        start += request.samples
+    return groups
 
 
 class HFEngine(Engine):
@@ -91,7 +96,7 @@ class HFEngine(Engine):
     def sync(self, model: nn.Module) -> None:
         self.model = model
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+    def sample(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         if self.model is None:
-            raise RuntimeError("HFEngine.generate before sync(model)")
-        return hf_generate(self.model, prompts, sampling, self.max_batch_size)
+            raise RuntimeError("HFEngine.sample before sync(model)")
+        return hf_sample(self.model, requests, sampling, self.max_batch_size)

