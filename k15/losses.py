@@ -65,6 +65,11 @@ class PolicyLoss:
     def __call__(self, logp: Tensor, ref_logp: Tensor, mask: Tensor, advantages: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def share(self, part_mask: Tensor, whole_mask: Tensor) -> float:
+        """The weight of a micro-batch's loss in its step's: the loss is a mean over trajectories
+        (k1.5), so a part of the rows weighs rows_part / rows_whole. Token-mean losses override."""
+        return len(part_mask) / len(whole_mask)
+
 
 class KimiLoss(PolicyLoss):
     """Kimi k1.5 policy loss.
@@ -98,3 +103,6 @@ class GRPOLoss(PolicyLoss):
 
     def __call__(self, logp, ref_logp, mask, advantages):
         return ppo_clip_loss(logp, ref_logp, mask, advantages, self.clip_eps)
+
+    def share(self, part_mask, whole_mask):
+        return float(part_mask.sum() / whole_mask.sum().clamp(min=1))  # a mean over tokens

@@ -38,7 +38,11 @@ class ReferenceModule(LightningModule):
     @torch.no_grad()
     def forward(self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         scorer = self.initial if self.mode == "initial" else policy
-        step = self.trajectories_per_pass
-        return torch.cat(
-            [token_logprobs(scorer, input_ids[i : i + step], attention_mask[i : i + step]) for i in range(0, len(input_ids), step)]
-        )
+        lengths = attention_mask.sum(dim=1)
+        out = torch.zeros(input_ids.shape, device=input_ids.device)
+        # rows sorted by length, so each pass pads only to its own longest row; the number of
+        # passes depends on N alone, so sharded ranks stay in step
+        for rows in lengths.argsort(descending=True).split(self.trajectories_per_pass):
+            width = int(lengths[rows].max())
+            out[rows, :width] = token_logprobs(scorer, input_ids[rows, :width], attention_mask[rows, :width])
+        return out

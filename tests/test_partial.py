@@ -13,21 +13,23 @@ PROMPTS = ["Q:65+57=", "Q:123+456=", "Q:7+8=", "Q:99999+1="]
 NO_NEW_PROMPTS = PromptBatch([], [], [], [])
 
 
-def make_engine(name: str):
+def synced_engine(tiny_dir, name: str):
+    """(engine serving the tiny model, tokenizer, model, the PROMPTS as token ids)."""
+    source = Pretrained(str(tiny_dir))
+    tok, model = source.tokenizer(), source.model()
     if name == "hf":
-        return HFEngine()
-    from k15.rollout.vllm import VLLMEngine
+        engine = HFEngine()
+    else:
+        from k15.rollout.vllm import VLLMEngine
 
-    return VLLMEngine(max_model_len=128, kv_cache_gib=0.05, block_size=32)
+        engine = VLLMEngine(max_model_len=128, kv_cache_gib=0.05, block_size=32)
+    engine.sync(model)
+    return engine, tok, model, [tok(p)["input_ids"] for p in PROMPTS]
 
 
 @pytest.mark.parametrize("engine_name", ["hf", "vllm"])
 def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
-    source = Pretrained(str(tiny_dir))
-    tok, model = source.tokenizer(), source.model()
-    engine = make_engine(engine_name)
-    engine.sync(model)
-    prompt_ids = [tok(p)["input_ids"] for p in PROMPTS]
+    engine, tok, model, prompt_ids = synced_engine(tiny_dir, engine_name)
     whole = [g[0].token_ids for g in engine.generate(prompt_ids, Sampling(1, 20, temperature=0.0))]
 
     callback = RolloutCallback(engine, samples_per_prompt=1, max_new_tokens=20, segment_tokens=3, segments_in_loss="newest", temperature=0.0)
@@ -46,3 +48,24 @@ def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
     longest = max(len(t) for t in whole)
     assert iterations == -(-longest // 3)  # ⌈longest / segment_tokens⌉ iterations, each ≤ 3 new tokens
     assert longest > 6  # the random tiny model rambles: several segments were really stitched
+
+
+@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
+def test_extra_stop_tokens_end_a_response_like_eos(tiny_dir, engine_name):
+    engine, _, model, prompts = synced_engine(tiny_dir, engine_name)
+    free = [g[0].token_ids for g in engine.generate(prompts, Sampling(1, 20, temperature=0.0))]
+    stop = free[0][3]  # a token greedy decoding produces for the first prompt
+    stopped = engine.generate(prompts, Sampling(1, 20, temperature=0.0, stop_token_ids=(stop,)))
+    for whole, (completion,) in zip(free, stopped, strict=True):
+        cut = whole.index(stop) + 1 if stop in whole else len(whole)
+        assert completion.token_ids == whole[:cut]
+        assert (completion.finish_reason == "stop") == (stop in whole or whole[-1] == model.config.eos_token_id)
+
+
+def test_hf_engine_refuses_images_clearly(tiny_dir):
+    from k15.rollout import Request
+
+    engine = HFEngine()
+    engine.sync(Pretrained(str(tiny_dir)).model())
+    with pytest.raises(ValueError, match="VLLMEngine"):
+        engine.sample([Request([1, 2], multi_modal_data={"image": []})], Sampling())

@@ -43,6 +43,7 @@ class RolloutCallback(Callback):
             on the tokens this iteration's π_θi sampled (older segments are context only).
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
+        stop_token_ids: tokens that end a response as <eos> does (the engine's tokenizer ids).
         seed: sample j of iteration i is seeded ``seed + i·2²⁰ + j``, so a resumed run samples as
             the original.
         repeat_detector: stops a trajectory where it starts looping and marks it ``repeat``
@@ -59,6 +60,7 @@ class RolloutCallback(Callback):
         segments_in_loss: Literal["all", "newest"] = "all",
         temperature: float = 1.0,
         top_p: float = 1.0,
+        stop_token_ids: list[int] | None = None,
         seed: int = 0,
         repeat_detector: RepeatDetector | None = None,
         text_samples_every_n_iterations: int = 10,
@@ -72,6 +74,7 @@ class RolloutCallback(Callback):
         self.segments_in_loss = segments_in_loss
         self.temperature = temperature
         self.top_p = top_p
+        self.stop_token_ids = tuple(stop_token_ids or ())
         self.seed = seed
         self.repeat_detector = repeat_detector
         self.text_samples_every_n_iterations = text_samples_every_n_iterations
@@ -83,7 +86,7 @@ class RolloutCallback(Callback):
         if self.segment_tokens is not None and trainer.world_size > 1:
             # each rank would finish a different number of groups, and so take a different
             # number of sharded forward/backward passes: the collectives would deadlock
-            raise ValueError("rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null")
+            raise ValueError("rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null in the YAML")
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict()}
@@ -128,7 +131,7 @@ class RolloutCallback(Callback):
                     requests.append(Request(group.prompt_ids + t.token_ids, 1, min(budget, self.max_new_tokens - len(t))))
                     targets.append([t])
         seed = self.seed + iteration * SAMPLES_PER_ITERATION_SEED_STRIDE
-        completions = self.engine.sample(requests, Sampling(temperature=self.temperature, top_p=self.top_p, seed=seed))
+        completions = self.engine.sample(requests, Sampling(temperature=self.temperature, top_p=self.top_p, seed=seed, stop_token_ids=self.stop_token_ids))
         self.segment_outcomes, self.new_tokens = Counter(), 0
         for trajectories, group_completions in zip(targets, completions, strict=True):
             for trajectory, completion in zip(trajectories, group_completions, strict=True):

@@ -24,6 +24,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()  # stop at these as at <eos> (kept in the completion)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,13 @@ class Request:
     """Sample ``samples`` continuations of ``token_ids``, each at most ``max_new_tokens`` long.
 
     A partial rollout resubmits prompt + the tokens generated so far as ``token_ids``.
+    ``multi_modal_data`` (e.g. ``{"image": [PIL.Image, ...]}``) goes to engines that take it.
     """
 
     token_ids: list[int]
     samples: int = 1
     max_new_tokens: int = 64
+    multi_modal_data: dict | None = None
 
 
 @dataclass

@@ -35,8 +35,11 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
     Each request is expanded to ``samples`` rows; a chunk generates up to its longest row limit
     and every row is cut back to its own, which is the same as having stopped there.
     """
+    if any(request.multi_modal_data for request in requests):
+        raise ValueError("the HF engine takes token-id prompts only; roll out multimodal prompts with VLLMEngine")
     config = model.generation_config
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    eos = eos + [t for t in sampling.stop_token_ids if t not in eos]
     greedy = sampling.temperature == 0
     rows = [(request.token_ids, request.max_new_tokens) for request in requests for _ in range(request.samples)]
     was_training = model.training

