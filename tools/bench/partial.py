@@ -6,7 +6,7 @@ The task: carry-chain addition where 85% of prompts have 1–5 digit operands (r
 tokens) and 15% have 8–16 (≈ 75–150 tokens), so a batch of 16 prompts × 8 samples nearly always
 holds a few responses 3–10× the median, and without partial rollouts every iteration waits for
 them. The bench first warms up a tiny model on this mix (``conf/tiny_sft.yaml``, ``--sft-steps``,
-the same imperfect teacher; skipped with ``--model``), then runs the real CLI twice
+the same imperfect teacher; kept under ``runs/bench/`` for later runs, skipped with ``--model``), then runs the real CLI twice
 (``conf/tiny.yaml``: vLLM where installed), identical but for ``rollout.segment_tokens`` (off vs
 ``--segment-tokens``), same hard cap ``--max-new-tokens``, each for ``--seconds`` of fit,
 evaluating the 400 usual held-out prompts (1–5 digits) every ``--eval-every`` iterations.
@@ -49,7 +49,10 @@ def long_tailed_shards(folder: Path, count: int, seed: int = 1) -> str:
 
 
 def warm_up(args, shards: str, out: Path) -> str:
-    """SFT on the long-tailed mix, so the policy really writes the long chains."""
+    """SFT on the long-tailed mix, so the policy really writes the long chains (kept in ``out``
+    and reused by later runs of the bench: delete it to warm up again)."""
+    if (out / "sft_hf" / "config.json").exists():
+        return f"{out}/sft_hf"
     command = [
         sys.executable, "-m", "k15", "fit", "-c", "conf/tiny_sft.yaml",
         f"--data.init_args.train_shards={shards}", f"--data.init_args.steps={args.sft_steps}",
@@ -74,7 +77,8 @@ def run(name: str, args, model: str, shards: str, out: Path, segment_tokens: int
         f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
         "--trainer.callbacks=[k15.summary.RunSummary]",  # no checkpoints, no export over runs/tiny/hf
         "--trainer.enable_progress_bar=false",
-    ] + ([] if segment_tokens is None else [f"--model.init_args.rollout.init_args.segment_tokens={segment_tokens}"])
+    ] + ([] if segment_tokens is None else [f"--model.init_args.rollout.init_args.segment_tokens={segment_tokens}",
+                                            f"--model.init_args.rollout.init_args.segments_in_loss={args.segments_in_loss}"])
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     log_dir = out / name / "version_0"
     summary = json.loads((log_dir / "summary.json").read_text())
@@ -113,11 +117,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=150, help="fit wall time of each run")
     parser.add_argument("--max-new-tokens", type=int, default=192, help="hard cap on a response, both runs")
     parser.add_argument("--segment-tokens", type=int, default=32, help="per-iteration budget of the partial run")
+    parser.add_argument("--segments-in-loss", choices=("all", "newest"), default="all", help="the partial run's segments_in_loss")
     parser.add_argument("--eval-every", type=int, default=10, help="iterations between held-out evaluations")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         shards = long_tailed_shards(Path(tmp) / "shards", 40000)
-        model = args.model or warm_up(args, shards, Path(tmp) / "sft")
+        model = args.model or warm_up(args, shards, ROOT / "runs" / "bench" / f"partial_sft_{args.sft_steps}")
         whole = run("whole", args, model, shards, Path(tmp) / "runs", None)
         partial = run("partial", args, model, shards, Path(tmp) / "runs", args.segment_tokens)
 
@@ -128,7 +133,8 @@ def main() -> None:
         "equal_training_s": common,
         "heldout_acc_at_equal_time": {"whole": accuracy_at(whole["curve_train_s_tokens_acc"], common),
                                       "partial": accuracy_at(partial["curve_train_s_tokens_acc"], common)},
-        "max_new_tokens": args.max_new_tokens, "segment_tokens": args.segment_tokens, "fit_seconds_each": args.seconds,
+        "max_new_tokens": args.max_new_tokens, "segment_tokens": args.segment_tokens,
+        "segments_in_loss": args.segments_in_loss, "fit_seconds_each": args.seconds,
         "sft_steps": None if args.model else args.sft_steps,
         "whole": whole, "partial": partial,
     }))

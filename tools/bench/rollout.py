@@ -72,10 +72,14 @@ def main() -> None:
 
     engine = VLLMEngine(max_model_len=512, kv_cache_gib=0.5)
     engine.sync(model)
-    params = engine.vllm.SamplingParams(
-        n=args.k, max_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=0, logprobs=0,
-        stop_token_ids=engine.eos_token_ids, detokenize=False,
-    )
+    # seeds as k15's engine gives them (prompt p's samples: p·k, p·k + 1, …), so both draw the same samples
+    params = [
+        engine.vllm.SamplingParams(
+            n=args.k, max_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=p * args.k, logprobs=0,
+            stop_token_ids=engine.eos_token_ids, detokenize=False,
+        )
+        for p in range(len(batch.prompt_ids))
+    ]
     raw_prompts = [{"prompt_token_ids": ids} for ids in batch.prompt_ids]
 
     def raw_generate() -> int:
