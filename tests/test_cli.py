@@ -167,6 +167,27 @@ def test_partial_rollouts_live_in_the_checkpoint_and_resume_continues_them(sft_r
     assert max(s.value for s in logged["rollout/stale_token_share"]) > 0  # groups trained on tokens of older policies
 
 
+def test_curriculum_sampler_resumes_exactly(sft_run, shard_dir):
+    """The data module's sampler state (generator, success table, draws) rides in the checkpoint:
+    resumed after iteration 2 of 4, the run ends in the uninterrupted run's exact sampler state."""
+    (sft_run / "every_step.yaml").write_text(CHECKPOINT_EVERY_ITERATION.replace("every_n_train_steps: 2", "every_n_train_steps: 1"))
+    rl = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "data/curriculum.yaml"), "-c", str(CONF / "engine/hf.yaml"),
+          "-c", "every_step.yaml", *data_args(shard_dir), *SMALL_RL, "--data.init_args.iterations=4", "--trainer.val_check_interval=4",
+          "--trainer.num_sanity_val_steps=0", "--trainer.logger.init_args.name=curriculum"]
+    k15(*rl, cwd=sft_run)
+    first = sft_run / "runs/curriculum/version_0/checkpoints"
+    k15(*rl, f"--ckpt_path={first}/epoch=0-step=2.ckpt", cwd=sft_run)
+
+    def sampler(path):
+        return torch.load(path, weights_only=False)["CurriculumDataModule"]
+
+    uninterrupted, resumed = sampler(first / "epoch=0-step=4.ckpt"), sampler(sft_run / "runs/curriculum/version_1/checkpoints/epoch=0-step=4.ckpt")
+    assert uninterrupted["draws"] == resumed["draws"] == 4
+    assert torch.equal(uninterrupted["generator"], resumed["generator"])
+    assert torch.equal(uninterrupted["success"], resumed["success"])
+    assert not torch.equal(sampler(first / "epoch=0-step=2.ckpt")["generator"], uninterrupted["generator"])
+
+
 def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
     out = k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "loss/grpo.yaml"), *data_args(shard_dir), *SMALL_RL,
               "--data.init_args.iterations=1", "--trainer.val_check_interval=1", "--trainer.logger.init_args.name=grpo", "--print_config", cwd=sft_run)

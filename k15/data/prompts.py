@@ -27,6 +27,7 @@ class PromptBatch:
     prompts: list[str]
     answers: list[str]
     difficulties: list[int]
+    keys: list[str] | None = None  # stable prompt ids, where the data module tracks success rates
     rollout: Any = None  # k15.rollout.batch.Rollout, attached by RolloutCallback
 
     def __len__(self) -> int:

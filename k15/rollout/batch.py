@@ -26,6 +26,7 @@ class Rollout:
     finish_reasons: list[str]  # [N]
     texts: list[str]  # [N] decoded completions
     prompts: list[str]  # [P]
+    keys: list[str | None]  # [P] the data module's prompt ids (None where it has none)
     samples_per_prompt: int
     engine_logprobs: Tensor | None = None  # [N, T] the engine's log π of each completion token, if reported
 

@@ -102,6 +102,10 @@ class RolloutCallback(Callback):
         synced = time.perf_counter()
         batch.rollout = self.rollout(batch, pl_module.tokenizer, pl_module.reward, iteration)
         self.engine.sleep()
+        record = getattr(trainer.datamodule, "record", None)  # a data module that tracks success rates
+        if record is not None and batch.rollout is not None:
+            tracked = [n for n, key in enumerate(batch.rollout.keys) if key is not None]
+            record([batch.rollout.keys[n] for n in tracked], batch.rollout.rewards.correct[tracked])
         if batch.rollout is not None:
             batch.rollout.to(pl_module.device)
         self._log(trainer, pl_module, batch.rollout, synced - start, time.perf_counter() - synced, iteration)
@@ -110,7 +114,11 @@ class RolloutCallback(Callback):
         """Continue the buffered trajectories and start k per new prompt on the (already synced)
         engine; score and pack the groups that finished. None when no group finished."""
         k = self.samples_per_prompt
-        fresh = [Group(ids, p, a, [Trajectory() for _ in range(k)]) for ids, p, a in zip(batch.prompt_ids, batch.prompts, batch.answers, strict=True)]
+        keys = batch.keys or [None] * len(batch)
+        fresh = [
+            Group(ids, p, a, [Trajectory() for _ in range(k)], key)
+            for ids, p, a, key in zip(batch.prompt_ids, batch.prompts, batch.answers, keys, strict=True)
+        ]
         groups = self.buffer.take() + fresh
         self.extend(groups, iteration)
         self.buffer.put([g for g in groups if not g.finished])
@@ -172,6 +180,7 @@ class RolloutCallback(Callback):
             finish_reasons=finish_reasons,
             texts=texts,
             prompts=[g.prompt for g in groups],
+            keys=[g.key for g in groups],
             samples_per_prompt=k,
             engine_logprobs=engine_logprobs,
         )

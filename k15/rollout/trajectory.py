@@ -69,6 +69,7 @@ class Group:
     prompt: str
     answer: str
     trajectories: list[Trajectory]
+    key: str | None = None  # the data module's prompt id, for its success table
 
     @property
     def finished(self) -> bool:
@@ -108,6 +109,7 @@ class ReplayBuffer:
                 g["prompt"],
                 g["answer"],
                 [Trajectory([Segment(**s) for s in t["segments"]], t["finish_reason"]) for t in g["trajectories"]],
+                g.get("key"),
             )
             for g in state["groups"]
         ]

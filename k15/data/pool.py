@@ -1,0 +1,92 @@
+"""PromptPool: an RL prompt set read once from WebDataset shards into memory.
+
+Prioritized sampling needs every prompt's success rate and the freedom to draw any prompt, so the
+prompt set (text, answers, difficulty labels, image bytes: small next to the model) is held in
+memory, where the sampler and the success table live, not in a data-loader worker's copy.
+
+Bad input loses one sample, never the run: each skipped sample is counted by reason
+
+    corrupt_shard     a truncated or corrupt tar/gzip (the rest of that shard is lost, once)
+    undecodable_json  the json member is not UTF-8 JSON
+    missing_field     a required field is absent or has the wrong type
+    empty_prompt      the prompt is empty or only whitespace
+    bad_image         an image member that PIL cannot decode
+
+and only a set with no usable record at all is an error (one message, at start-up).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image
+
+from k15.data.shards import REQUIRED_FIELDS
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+
+
+@dataclass
+class PromptPool:
+    """Parallel lists, one entry per usable record, in shard order."""
+
+    keys: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    difficulties: list[int] = field(default_factory=list)
+    images: list[list[bytes]] = field(default_factory=list)  # encoded, in member-name order
+    skipped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def check_record(sample: dict) -> tuple[dict, list[bytes]] | str:
+    """The record and its images, or the reason to skip the sample."""
+    try:
+        record = json.loads(sample["json"].decode("utf-8"))
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
+        return "undecodable_json"
+    if not isinstance(record, dict) or any(f not in record for f in REQUIRED_FIELDS) or not isinstance(record["difficulty"], int):
+        return "missing_field"
+    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
+        return "empty_prompt"
+    images = [sample[name] for name in sorted(sample) if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception:  # PIL raises several types for broken files
+            return "bad_image"
+    return record, images
+
+
+def load_pool(urls: list[str]) -> PromptPool:
+    """Read every record of ``urls`` (every rank reads all of them: the sampler picks per rank)."""
+    pool = PromptPool()
+
+    def count_corrupt(error: Exception) -> bool:
+        pool.skipped["corrupt_shard"] += 1
+        return True  # go on with the next shard
+
+    samples = wds.WebDataset(urls, shardshuffle=False, nodesplitter=lambda u: u, workersplitter=lambda u: u,
+                             handler=count_corrupt, empty_check=False)
+    for sample in samples:
+        checked = check_record(sample)
+        if isinstance(checked, str):
+            pool.skipped[checked] += 1
+            continue
+        record, images = checked
+        pool.keys.append(f"{Path(sample['__url__']).name}:{sample['__key__']}")  # stable across checkouts
+        pool.prompts.append(record["prompt"])
+        pool.answers.append(str(record["answer"]))
+        pool.difficulties.append(record["difficulty"])
+        pool.images.append(images)
+    if not pool.keys:
+        raise ValueError(f"no usable prompt records in {len(urls)} shard(s) ({urls[0]}, …); skipped: {dict(pool.skipped)}")
+    return pool

@@ -1,0 +1,137 @@
+"""CurriculumDataModule: stage filters, prioritized frequencies, exact resume, and bad shards
+skipped and counted (fixtures made here from real shards: truncated, byte-flipped, bad fields)."""
+
+import gzip
+import io
+import json
+import tarfile
+
+import lightning
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from k15.data.curriculum import CurriculumDataModule
+from k15.data.pool import load_pool
+from k15.data.sampling import Stage, sampling_weights, stage_at
+from k15.data.shards import shard_urls, write_shards
+from k15.models.tiny import char_tokenizer
+
+
+def records(n: int, difficulty=lambda i: 1 + i % 5) -> list[dict]:
+    return [{"prompt": f"Q:{i}+{i}=", "answer": str(2 * i), "difficulty": difficulty(i)} for i in range(n)]
+
+
+def data_module(tmp_path, n=40, **kwargs) -> CurriculumDataModule:
+    if not (tmp_path / "train-000000.tar").exists():
+        write_shards(records(n), str(tmp_path / "train-%06d.tar"), records_per_shard=20)
+        write_shards(records(4), str(tmp_path / "heldout-%06d.tar"))
+    dm = CurriculumDataModule(str(tmp_path / "train-*.tar"), str(tmp_path / "heldout-*.tar"), **kwargs)
+    dm.trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    dm.tokenizer = char_tokenizer("0123456789+=,:AQ")
+    dm.setup("fit")
+    return dm
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=5, max_size=5), st.sampled_from([0.0, 0.05, 0.3]))
+def test_draw_frequencies_follow_one_minus_success_with_floor(tmp_path_factory, success, floor):
+    dm = data_module(tmp_path_factory.mktemp("f"), n=5, prompts_per_iteration=1, floor=floor)
+    dm.success = torch.tensor(success)
+    weights = sampling_weights(dm.success, floor)
+    if weights.sum() == 0:
+        return  # every prompt solved and no floor: nothing to draw from (multinomial refuses too)
+    draws = 3000
+    counts = torch.zeros(5)
+    for _ in range(draws):
+        counts[dm.pool.keys.index(dm.draw().keys[0])] += 1
+    expected = weights / weights.sum() * draws
+    sigma = (expected * (1 - weights / weights.sum())).sqrt()
+    assert ((counts - expected).abs() <= 5 * sigma + 1).all(), (counts, expected)
+
+
+stages = st.lists(st.tuples(st.integers(1, 5), st.integers(0, 4)), min_size=1, max_size=3).map(
+    lambda parts: [Stage(until=(j + 1) * 3, min_difficulty=lo, max_difficulty=lo + span) for j, (lo, span) in enumerate(parts)] + [Stage()]
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(stages)
+def test_stage_filters_never_emit_a_prompt_outside_the_stage(tmp_path_factory, curriculum):
+    dm = data_module(tmp_path_factory.mktemp("s"), n=100, prompts_per_iteration=3, stages=curriculum)
+    for iteration in range(12):
+        stage = stage_at(curriculum, iteration)
+        batch = dm.draw()
+        assert all(stage.admits(d) for d in batch.difficulties), (stage, batch.difficulties)
+
+
+def test_resumed_state_draws_exactly_the_uninterrupted_batches(tmp_path):
+    def outcomes(keys):  # a fixed, key-dependent verdict, so success rates shape later draws
+        return torch.tensor([[hash(k) % 3 == 0, hash(k) % 2 == 0] for k in keys])
+
+    dm = data_module(tmp_path, prompts_per_iteration=4, stages=[Stage(until=3, max_difficulty=2), Stage()])
+    drawn = []
+    for i in range(8):
+        if i == 4:
+            torch.save({"dm": dm.state_dict()}, tmp_path / "mid.ckpt")
+        batch = dm.draw()
+        dm.record(batch.keys, outcomes(batch.keys))
+        drawn.append(batch.keys)
+    resumed = data_module(tmp_path, prompts_per_iteration=4, stages=[Stage(until=3, max_difficulty=2), Stage()])
+    resumed.load_state_dict(torch.load(tmp_path / "mid.ckpt")["dm"])
+    for i in range(4, 8):
+        batch = resumed.draw()
+        resumed.record(batch.keys, outcomes(batch.keys))
+        assert batch.keys == drawn[i]
+    assert torch.equal(resumed.success, dm.success) and resumed.success.max() > 0
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_bad_samples_are_skipped_and_counted_and_the_rest_load(tmp_path):
+    good = json.dumps({"prompt": "Q:1+1=", "answer": "2", "difficulty": 1}).encode()
+    (tmp_path / "a.tar").write_bytes(tar_bytes({
+        "ok1.json": good,
+        "ok2.json": good, "ok2.png": png(),
+        "nofield.json": json.dumps({"prompt": "Q:1+2="}).encode(),
+        "empty.json": json.dumps({"prompt": "  ", "answer": "0", "difficulty": 1}).encode(),
+        "latin1.json": "{\"prompt\": \"Q:é\", \"answer\": \"1\", \"difficulty\": 1}".encode("latin-1"),
+        "badimg.json": good, "badimg.png": b"\x89PNG not really",
+    }))
+    write_shards(records(30), str(tmp_path / "b-%06d.tar.gz"), records_per_shard=30)
+    whole = (tmp_path / "b-000000.tar.gz").read_bytes()
+    (tmp_path / "b-000000.tar.gz").write_bytes(whole[: len(whole) // 2])  # truncated mid-stream
+    flipped = bytearray(gzip.compress(tar_bytes({"x.json": good})))
+    flipped[30:40] = bytes(b ^ 0xFF for b in flipped[30:40])
+    (tmp_path / "c.tar.gz").write_bytes(bytes(flipped))
+
+    pool = load_pool(sorted(str(p) for p in tmp_path.glob("*.tar*")))
+    assert pool.skipped["missing_field"] == 1 and pool.skipped["empty_prompt"] == 1
+    assert pool.skipped["undecodable_json"] == 1 and pool.skipped["bad_image"] == 1
+    assert pool.skipped["corrupt_shard"] == 2  # the truncated one and the byte-flipped one
+    assert 2 <= len(pool) < 2 + 30  # both good records of a.tar, and what came before the cut
+    assert pool.images[pool.keys.index("a.tar:ok2")] and Image.open(io.BytesIO(pool.images[pool.keys.index("a.tar:ok2")][0]))
+
+
+def test_a_set_with_no_usable_record_is_one_clear_error(tmp_path):
+    (tmp_path / "x.tar").write_bytes(tar_bytes({"a.json": b'{"prompt": "Q:1+1="}', "b.json": b'{"text": 1}'}))
+    with pytest.raises(ValueError, match="no usable prompt records.*missing_field"):
+        load_pool([str(tmp_path / "x.tar")])
+    with pytest.raises(FileNotFoundError, match="no shards match"):
+        shard_urls(str(tmp_path / "nothing-*.tar"))
