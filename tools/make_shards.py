@@ -1,6 +1,8 @@
-"""Write the tiny arithmetic task's WebDataset shards (train and held-out) under shards/.
+"""Write the tiny arithmetic task's WebDataset shards (train and held-out) under shards/, or
+convert a prompt set in JSONL / Parquet to shards, checking every row (k15/data/convert.py).
 
     python tools/make_shards.py --out shards/addition --train 20000 --heldout 400
+    python tools/make_shards.py --from prompts.jsonl --out shards/mine [--image-root DIR]
 
 Difficulty (digits per operand) is drawn uniformly from 1..MAX_DIFFICULTY; the held-out set
 uses a different seed and excludes every training prompt. Each record's ``solution`` is the
@@ -10,9 +12,12 @@ imperfect teacher's trace (see k15/data/arithmetic.py); ``teacher`` says which s
 from __future__ import annotations
 
 import argparse
+import json
 import random
+from pathlib import Path
 
 from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, teacher_solution
+from k15.data.convert import convert
 from k15.data.shards import write_shards
 
 
@@ -45,7 +50,15 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=400, help="held-out records")
     parser.add_argument("--records-per-shard", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from", dest="source", type=Path, help="convert this .jsonl or .parquet file instead")
+    parser.add_argument("--image-root", type=Path, help="where relative image paths point (default: the file's folder)")
     args = parser.parse_args()
+    if args.source:
+        report = convert(args.source, f"{args.out}/train-%06d.tar", args.image_root, args.records_per_shard)
+        print(json.dumps(report))
+        if not report["written"]:
+            raise SystemExit(f"no usable rows in {args.source}: {report['rejected']}")
+        return
     heldout = records(args.heldout, seed=args.seed + 1, exclude=set())
     train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout})
     n_train = write_shards(train, f"{args.out}/train-%06d.tar.gz", records_per_shard=args.records_per_shard)

@@ -17,18 +17,14 @@ and only a set with no usable record at all is an error (one message, at start-u
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
-from PIL import Image
 
-from k15.data.shards import REQUIRED_FIELDS
-
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+from k15.data.shards import IMAGE_EXTENSIONS, image_decodes, record_problem
 
 
 @dataclass
@@ -52,17 +48,12 @@ def check_record(sample: dict) -> tuple[dict, list[bytes]] | str:
         record = json.loads(sample["json"].decode("utf-8"))
     except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
         return "undecodable_json"
-    if not isinstance(record, dict) or any(f not in record for f in REQUIRED_FIELDS) or not isinstance(record["difficulty"], int):
-        return "missing_field"
-    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        return "empty_prompt"
+    problem = record_problem(record)
+    if problem:
+        return problem
     images = [sample[name] for name in sorted(sample) if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
-    for data in images:
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-        except Exception:  # PIL raises several types for broken files
-            return "bad_image"
+    if not all(image_decodes(data) for data in images):
+        return "bad_image"
     return record, images
 
 

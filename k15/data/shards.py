@@ -1,6 +1,7 @@
-"""WebDataset shards of task records: write them, and stream them back.
+"""WebDataset shards of task records: write them, check them, and stream them back.
 
-A record is one JSON object per sample, stored as ``<key>.json`` inside the tar:
+A record is one JSON object per sample, stored as ``<key>.json`` inside the tar, with zero or
+more images beside it (``<key>.png``, ``<key>.jpg``, or ``<key>.0.png``, ``<key>.1.png``, …):
 
     {"prompt": str, "answer": str, "difficulty": int, "solution": str, "domain": str, "source": str}
 
@@ -11,14 +12,35 @@ prompt, answer and difficulty.
 from __future__ import annotations
 
 import glob
+import io
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import webdataset as wds
+from PIL import Image
 from webdataset.shardlists import expand_urls
 
 REQUIRED_FIELDS = ("prompt", "answer", "difficulty")
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+
+
+def record_problem(record) -> str | None:
+    """Why ``record`` cannot be an RL prompt (``missing_field``, ``empty_prompt``), or None."""
+    if not isinstance(record, dict) or any(f not in record for f in REQUIRED_FIELDS) or type(record["difficulty"]) is not int:
+        return "missing_field"
+    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
+        return "empty_prompt"
+    return None
+
+
+def image_decodes(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+        return True
+    except Exception:  # PIL raises several types for broken files
+        return False
 
 
 def write_shards(records: Iterable[dict], pattern: str, records_per_shard: int = 5000) -> int:
