@@ -1,7 +1,6 @@
 """CurriculumDataModule: stage filters, prioritized frequencies, exact resume, and bad shards
 skipped and counted (fixtures made here from real shards: truncated, byte-flipped, bad fields)."""
 
-import gzip
 import io
 import json
 import tarfile
@@ -117,9 +116,9 @@ def test_bad_samples_are_skipped_and_counted_and_the_rest_load(tmp_path):
     write_shards(records(30), str(tmp_path / "b-%06d.tar.gz"), records_per_shard=30)
     whole = (tmp_path / "b-000000.tar.gz").read_bytes()
     (tmp_path / "b-000000.tar.gz").write_bytes(whole[: len(whole) // 2])  # truncated mid-stream
-    flipped = bytearray(gzip.compress(tar_bytes({"x.json": good})))
-    flipped[30:40] = bytes(b ^ 0xFF for b in flipped[30:40])
-    (tmp_path / "c.tar.gz").write_bytes(bytes(flipped))
+    flipped = bytearray(tar_bytes({"x.json": good, "y.json": good}))
+    flipped[0:10] = bytes(b ^ 0xFF for b in flipped[0:10])  # the first member's header: its checksum no longer holds
+    (tmp_path / "c.tar").write_bytes(bytes(flipped))
 
     pool = load_pool(sorted(str(p) for p in tmp_path.glob("*.tar*")))
     assert pool.skipped["missing_field"] == 1 and pool.skipped["empty_prompt"] == 1

@@ -114,6 +114,7 @@ class CurriculumDataModule(ShardDataModule):
         # every rank draws the same P·world prompts (same generator, same success table) and takes its share
         picked = candidates[torch.multinomial(weights, wanted, replacement=False, generator=self.generator)]
         mine = picked[rank * self.prompts_per_iteration : (rank + 1) * self.prompts_per_iteration].tolist()
+        self._log_sampler(iteration, self.stages.index(stage), candidates)
         batch = self.collate_prompts(
             [{"prompt": self.pool.prompts[i], "answer": self.pool.answers[i], "difficulty": self.pool.difficulties[i]} for i in mine]
         )
@@ -130,6 +131,16 @@ class CurriculumDataModule(ShardDataModule):
         for key, share in outcomes:
             i = self.index[key]
             self.success[i] = updated_success(float(self.success[i]), share, self.success_decay)
+
+    def _log_sampler(self, iteration: int, stage: int, candidates: Tensor) -> None:
+        logger = self.trainer.logger
+        if logger is not None:  # self.log is not allowed in batch-transfer hooks; the logger is
+            success = self.success[candidates]
+            logger.log_metrics(
+                {"data/stage": float(stage), "data/stage_prompts": float(len(candidates)), "data/success_mean": float(success.mean()),
+                 "data/solved_share": float((success >= 1).float().mean())},
+                step=iteration,
+            )
 
     def _log_skipped(self) -> None:
         logger = self.trainer.logger

@@ -6,7 +6,7 @@ memory, where the sampler and the success table live, not in a data-loader worke
 
 Bad input loses one sample, never the run: each skipped sample is counted by reason
 
-    corrupt_shard     a truncated or corrupt tar/gzip (the rest of that shard is lost, once)
+    corrupt_shard     a truncated or corrupt tar/gzip (counted once per shard; the rest of it is lost)
     undecodable_json  the json member is not UTF-8 JSON
     missing_field     a required field is absent or has the wrong type
     empty_prompt      the prompt is empty or only whitespace
@@ -17,7 +17,9 @@ and only a set with no usable record at all is an error (one message, at start-u
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,16 +59,31 @@ def check_record(sample: dict) -> tuple[dict, list[bytes]] | str:
     return record, images
 
 
+def gzip_intact(path: str) -> bool:
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(1 << 20):
+                pass
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
 def load_pool(urls: list[str]) -> PromptPool:
     """Read every record of ``urls`` (every rank reads all of them: the sampler picks per rank)."""
-    pool = PromptPool()
+    pool, corrupt = PromptPool(), set()
 
-    def count_corrupt(error: Exception) -> bool:
-        pool.skipped["corrupt_shard"] += 1
+    def note_corrupt(error: Exception) -> bool:
+        # one shard can raise several errors (gzip, then tar); WebDataset puts its URL in the args
+        text = " ".join(map(str, error.args))
+        corrupt.add(next((url for url in urls if url in text), text))
         return True  # go on with the next shard
 
+    # a gzip cut between two tar members reads as a shorter, intact tar: only the gzip stream's
+    # own end check tells, so read local .gz shards through it once (cheap next to tokenizing)
+    corrupt.update(url for url in urls if url.endswith(".gz") and not gzip_intact(url))
     samples = wds.WebDataset(urls, shardshuffle=False, nodesplitter=lambda u: u, workersplitter=lambda u: u,
-                             handler=count_corrupt, empty_check=False)
+                             handler=note_corrupt, empty_check=False)
     for sample in samples:
         checked = check_record(sample)
         if isinstance(checked, str):
@@ -78,6 +95,8 @@ def load_pool(urls: list[str]) -> PromptPool:
         pool.answers.append(str(record["answer"]))
         pool.difficulties.append(record["difficulty"])
         pool.images.append(images)
+    if corrupt:
+        pool.skipped["corrupt_shard"] = len(corrupt)
     if not pool.keys:
         raise ValueError(f"no usable prompt records in {len(urls)} shard(s) ({urls[0]}, …); skipped: {dict(pool.skipped)}")
     return pool
