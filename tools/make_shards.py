@@ -2,6 +2,7 @@
 convert a prompt set in JSONL / Parquet to shards, checking every row (k15/data/convert.py).
 
     python tools/make_shards.py --out shards/addition --train 20000 --heldout 400
+    python tools/make_shards.py --task vision --out shards/vision --train 3000 --heldout 300
     python tools/make_shards.py --from prompts.jsonl --out shards/mine [--image-root DIR]
 
 Difficulty (digits per operand) is drawn uniformly from 1..MAX_DIFFICULTY; the held-out set
@@ -12,13 +13,39 @@ imperfect teacher's trace (see k15/data/arithmetic.py); ``teacher`` says which s
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 from pathlib import Path
 
+import webdataset as wds
+
 from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, teacher_solution
 from k15.data.convert import convert
 from k15.data.shards import write_shards
+from k15.data.vision import TASKS
+
+
+def vision_samples(count: int, seed: int) -> list[dict]:
+    """Image + question samples of the synthetic vision tasks (k15/data/vision.py), difficulty 1–5."""
+    rng, out = random.Random(seed), []
+    for i in range(count):
+        task = rng.choice(sorted(TASKS))
+        problem = TASKS[task](rng, rng.randint(1, MAX_DIFFICULTY))
+        png = io.BytesIO()
+        problem.image.save(png, format="PNG")
+        record = {"prompt": problem.prompt, "answer": problem.answer, "difficulty": problem.difficulty,
+                  "solution": f"A:{problem.answer}", "task": task, "domain": "vision", "source": f"k15.synthetic.{task}"}
+        out.append({"__key__": f"{i:08d}", "json": record, "png": png.getvalue()})
+    return out
+
+
+def write_samples(samples: list[dict], pattern: str, per_shard: int) -> int:
+    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return len(samples)
 
 
 def records(count: int, seed: int, exclude: set[str]) -> list[dict]:
@@ -50,6 +77,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=400, help="held-out records")
     parser.add_argument("--records-per-shard", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=("addition", "vision"), default="addition")
     parser.add_argument("--from", dest="source", type=Path, help="convert this .jsonl or .parquet file instead")
     parser.add_argument("--image-root", type=Path, help="where relative image paths point (default: the file's folder)")
     args = parser.parse_args()
@@ -58,6 +86,11 @@ def main() -> None:
         print(json.dumps(report))
         if not report["written"]:
             raise SystemExit(f"no usable rows in {args.source}: {report['rejected']}")
+        return
+    if args.task == "vision":
+        n_train = write_samples(vision_samples(args.train, args.seed), f"{args.out}/train-%06d.tar.gz", args.records_per_shard)
+        n_heldout = write_samples(vision_samples(args.heldout, args.seed + 1), f"{args.out}/heldout-%06d.tar.gz", args.records_per_shard)
+        print(f"wrote {n_train} train and {n_heldout} held-out image records to {args.out}/")
         return
     heldout = records(args.heldout, seed=args.seed + 1, exclude=set())
     train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout})
