@@ -104,7 +104,7 @@ class CurriculumDataModule(ShardDataModule):
         if iteration == 0:
             self._log_skipped()
         stage = stage_at(self.stages, iteration)
-        candidates = torch.tensor([i for i, d in enumerate(self.pool.difficulties) if stage.admits(d)], dtype=torch.long)
+        candidates = stage.admits(self.difficulties).nonzero().squeeze(1)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         wanted = self.prompts_per_iteration * world
         if len(candidates) < wanted:

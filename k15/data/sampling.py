@@ -33,10 +33,11 @@ class Stage:
     min_difficulty: int | None = None
     max_difficulty: int | None = None
 
-    def admits(self, difficulty: int) -> bool:
-        return (self.min_difficulty is None or difficulty >= self.min_difficulty) and (
-            self.max_difficulty is None or difficulty <= self.max_difficulty
-        )
+    def admits(self, difficulty):
+        """Whether min_difficulty ≤ difficulty ≤ max_difficulty: for an int, or elementwise for a tensor."""
+        low = float("-inf") if self.min_difficulty is None else self.min_difficulty
+        high = float("inf") if self.max_difficulty is None else self.max_difficulty
+        return (difficulty >= low) & (difficulty <= high)
 
 
 def stage_at(stages: Sequence[Stage], iteration: int) -> Stage:

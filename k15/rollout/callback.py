@@ -102,11 +102,11 @@ class RolloutCallback(Callback):
         synced = time.perf_counter()
         batch.rollout = self.rollout(batch, pl_module.tokenizer, pl_module.reward, iteration)
         self.engine.sleep()
-        record = getattr(trainer.datamodule, "record", None)  # a data module that tracks success rates
-        if record is not None and batch.rollout is not None:
-            tracked = [n for n, key in enumerate(batch.rollout.keys) if key is not None]
-            record([batch.rollout.keys[n] for n in tracked], batch.rollout.rewards.correct[tracked])
         if batch.rollout is not None:
+            record = getattr(trainer.datamodule, "record", None)  # a data module that tracks success rates
+            if record is not None:
+                tracked = [n for n, key in enumerate(batch.rollout.keys) if key is not None]
+                record([batch.rollout.keys[n] for n in tracked], batch.rollout.rewards.correct[tracked])
             batch.rollout.to(pl_module.device)
         self._log(trainer, pl_module, batch.rollout, synced - start, time.perf_counter() - synced, iteration)
 
