@@ -1,6 +1,6 @@
 """ExportPretrained: write the trained policy as a ``save_pretrained`` folder at the end of fit.
 
-The folder (model + tokenizer) loads with ``AutoModelForCausalLM.from_pretrained`` and vLLM, and
+The folder (model + tokenizer, + processor for a vision-language model) loads with ``AutoModelForCausalLM.from_pretrained`` and vLLM, and
 is what ``k15.models.Pretrained`` starts the next stage from.
 """
 
@@ -23,4 +23,4 @@ class ExportPretrained(Callback):
         state = get_model_state_dict(pl_module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
             pl_module.model.save_pretrained(self.dirpath, state_dict=state)
-            pl_module.tokenizer.save_pretrained(self.dirpath)
+            (pl_module.processor or pl_module.tokenizer).save_pretrained(self.dirpath)  # a processor saves its tokenizer too

@@ -28,11 +28,12 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 
 
 class LanguageModule(LightningModule):
-    """A causal LM built from a ``ModelSource`` in ``configure_model`` (so sharding strategies can
-    build it in place), validated by greedy held-out accuracy.
+    """A causal LM, or a vision-language model that reads images too, built from a ``ModelSource``
+    in ``configure_model`` (so sharding strategies can build it in place), validated by greedy
+    held-out accuracy.
 
     Args:
-        model: where the weights and tokenizer come from.
+        model: where the weights, tokenizer and (for images) processor come from.
         reward: scores completions; its verifier decides held-out correctness.
         optimizer: optimizer factory, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 3e-5}}``.
         lr_scheduler: optional learning-rate schedule, stepped after every optimizer step.
@@ -49,7 +50,8 @@ class LanguageModule(LightningModule):
     ):
         super().__init__()
         self.source = model
-        self.tokenizer = model.tokenizer()
+        self.processor = model.processor()  # None for a text-only model
+        self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()
         self.reward = reward or RewardModule()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -70,7 +72,10 @@ class LanguageModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        requests = [Request(ids, 1, self.heldout_max_new_tokens) for ids in batch.prompt_ids]
+        requests = [
+            Request(ids, 1, self.heldout_max_new_tokens, images, inputs)
+            for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)
+        ]
         completions = hf_sample(self.model, requests, Sampling(temperature=0.0))
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct = self.reward.correctness(texts, batch.answers)

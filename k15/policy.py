@@ -108,7 +108,7 @@ class PolicyModule(LanguageModule):
         if reference_from_first_step:
             ref_logp = torch.zeros(rollout.input_ids.shape, device=rollout.input_ids.device)
         else:
-            ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask)
+            ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask, rollout.inputs_for)
             self._log_engine_mismatch(rollout, ref_logp)
         advantages = self.loss.advantages(rollout.rewards.total).to(ref_logp.device)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
@@ -125,7 +125,7 @@ class PolicyModule(LanguageModule):
                 for mb in micro_batches(lengths, rows, self.micro_batch_tokens):
                     width = int(lengths[mb].max())
                     ids, mask, in_loss = rollout.input_ids[mb, :width], rollout.attention_mask[mb, :width], rollout.loss_mask[mb, :width]
-                    logp = token_logprobs(self.model, ids, mask)
+                    logp = token_logprobs(self.model, ids, mask, **rollout.inputs_for(mb))
                     if reference_from_first_step:
                         ref_logp[mb, :width] = logp.detach()
                     share = self.loss.share(in_loss, rollout.loss_mask[rows])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -36,7 +37,10 @@ class ReferenceModule(LightningModule):
             self.initial = copy.deepcopy(policy).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(
+        self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor, model_inputs: Callable[[Tensor], dict[str, Tensor]] = lambda rows: {}
+    ) -> Tensor:
+        """[N, T] log-probs; ``model_inputs(rows)`` gives those rows' extra forward inputs (pixel_values)."""
         scorer = self.initial if self.mode == "initial" else policy
         lengths = attention_mask.sum(dim=1)
         out = torch.zeros(input_ids.shape, device=input_ids.device)
@@ -44,5 +48,5 @@ class ReferenceModule(LightningModule):
         # passes depends on N alone, so sharded ranks stay in step
         for rows in lengths.argsort(descending=True).split(self.trajectories_per_pass):
             width = int(lengths[rows].max())
-            out[rows, :width] = token_logprobs(scorer, input_ids[rows, :width], attention_mask[rows, :width])
+            out[rows, :width] = token_logprobs(scorer, input_ids[rows, :width], attention_mask[rows, :width], **model_inputs(rows))
         return out

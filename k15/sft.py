@@ -13,6 +13,6 @@ class SFTModule(LanguageModule):
     """
 
     def training_step(self, batch: SFTBatch, batch_idx: int):
-        loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, **batch.model_inputs).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.input_ids))
         return loss

@@ -60,12 +60,3 @@ def test_extra_stop_tokens_end_a_response_like_eos(tiny_dir, engine_name):
         cut = whole.index(stop) + 1 if stop in whole else len(whole)
         assert completion.token_ids == whole[:cut]
         assert (completion.finish_reason == "stop") == (stop in whole or whole[-1] == model.config.eos_token_id)
-
-
-def test_hf_engine_refuses_images_clearly(tiny_dir):
-    from k15.rollout import Request
-
-    engine = HFEngine()
-    engine.sync(Pretrained(str(tiny_dir)).model())
-    with pytest.raises(ValueError, match="VLLMEngine"):
-        engine.sample([Request([1, 2], multi_modal_data={"image": []})], Sampling())

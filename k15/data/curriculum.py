@@ -116,7 +116,8 @@ class CurriculumDataModule(ShardDataModule):
         mine = picked[rank * self.prompts_per_iteration : (rank + 1) * self.prompts_per_iteration].tolist()
         self._log_sampler(iteration, self.stages.index(stage), candidates)
         batch = self.collate_prompts(
-            [{"prompt": self.pool.prompts[i], "answer": self.pool.answers[i], "difficulty": self.pool.difficulties[i]} for i in mine]
+            [{"prompt": self.pool.prompts[i], "answer": self.pool.answers[i], "difficulty": self.pool.difficulties[i], "images": self.pool.images[i]}
+             for i in mine]
         )
         batch.keys = [self.pool.keys[i] for i in mine]
         return batch

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from k15.data.shards import IMAGE_EXTENSIONS, image_decodes, record_problem
+from k15.data.shards import image_decodes, record_problem, sample_images
 
 
 @dataclass
@@ -53,7 +53,7 @@ def check_record(sample: dict) -> tuple[dict, list[bytes]] | str:
     problem = record_problem(record)
     if problem:
         return problem
-    images = [sample[name] for name in sorted(sample) if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
+    images = sample_images(sample)
     if not all(image_decodes(data) for data in images):
         return "bad_image"
     return record, images

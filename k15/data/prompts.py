@@ -13,37 +13,51 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
+from k15.data.encode import encode_prompt
 from k15.data.shards import REQUIRED_FIELDS, read_records, shard_urls
 
 
 @dataclass
 class PromptBatch:
-    """P prompts. ``prompt_ids`` hold each prompt's token ids (with <bos>, unpadded)."""
+    """P prompts. ``prompt_ids`` hold each prompt's token ids (with <bos>, unpadded; an image
+    prompt's image tokens expanded), ``images`` and ``model_inputs`` its images (see
+    ``k15.data.encode``; empty for text prompts)."""
 
     prompt_ids: list[list[int]]
     prompts: list[str]
     answers: list[str]
     difficulties: list[int]
+    images: list[list[bytes]] | None = None  # None: text prompts only
+    model_inputs: list[dict[str, Tensor]] | None = None
     keys: list[str] | None = None  # stable prompt ids, where the data module tracks success rates
     rollout: Any = None  # k15.rollout.batch.Rollout, attached by RolloutCallback
+
+    def __post_init__(self):
+        self.images = self.images or [[] for _ in self.prompts]
+        self.model_inputs = self.model_inputs or [{} for _ in self.prompts]
 
     def __len__(self) -> int:
         return len(self.prompts)
 
 
-def prompt_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase) -> PromptBatch:
+def prompt_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None) -> PromptBatch:
+    """Records (with their encoded ``images``, if any) → a batch in the policy's tokens."""
     for record in records:
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise ValueError(f"shard record is missing {missing}: {record}")
+    encoded = [encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor) for r in records]
     return PromptBatch(
-        prompt_ids=[tokenizer(r["prompt"])["input_ids"] for r in records],
+        prompt_ids=[e.token_ids for e in encoded],
         prompts=[r["prompt"] for r in records],
         answers=[str(r["answer"]) for r in records],
         difficulties=[int(r["difficulty"]) for r in records],
+        images=[e.images for e in encoded],
+        model_inputs=[e.model_inputs for e in encoded],
     )
 
 
@@ -75,8 +89,8 @@ class BatchStream(IterableDataset):
 class ShardDataModule(LightningDataModule):
     """Held-out evaluation prompts from shards; subclasses add the training stream.
 
-    The tokenizer is the policy's own (``trainer.lightning_module.tokenizer``), so the two can
-    never disagree.
+    The tokenizer and image processor are the policy's own (``trainer.lightning_module``), so the
+    two can never disagree.
 
     Args:
         train_shards: training shards, a brace pattern or glob.
@@ -104,10 +118,12 @@ class ShardDataModule(LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.processor: ProcessorMixin | None = None  # a vision-language policy's
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:
             self.tokenizer = self.trainer.lightning_module.tokenizer
+            self.processor = self.trainer.lightning_module.processor
 
     def train_records(self) -> Iterator[dict]:
         return read_records(self.train_urls, self.shuffle_buffer, self.seed, loop=True)
@@ -127,7 +143,7 @@ class ShardDataModule(LightningDataModule):
         return DataLoader(stream, batch_size=None)
 
     def collate_prompts(self, records: list[dict]) -> PromptBatch:
-        return prompt_batch(records, self.tokenizer)
+        return prompt_batch(records, self.tokenizer, self.processor)
 
 
 class PromptDataModule(ShardDataModule):

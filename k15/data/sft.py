@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
+from k15.data.encode import concat_model_inputs, encode_prompt
 from k15.data.prompts import BatchStream, ShardDataModule
 
 IGNORE_INDEX = -100
@@ -16,17 +17,21 @@ IGNORE_INDEX = -100
 
 @dataclass
 class SFTBatch:
-    """Right-padded sequences. labels = input_ids on solution tokens (and <eos>), −100 elsewhere. [B, T]"""
+    """Right-padded sequences. labels = input_ids on solution tokens (and <eos>), −100 elsewhere. [B, T]
+    ``model_inputs``: the batch's extra forward inputs (an image prompt's pixel_values)."""
 
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor
+    model_inputs: dict[str, Tensor]
 
 
-def sft_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase) -> SFTBatch:
-    rows = []
+def sft_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None) -> SFTBatch:
+    rows, model_inputs = [], []
     for r in records:
-        prompt = tokenizer(r["prompt"])["input_ids"]
+        encoded = encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor)
+        prompt = encoded.token_ids
+        model_inputs.append(encoded.model_inputs)
         solution = tokenizer(r["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append((prompt + solution, [IGNORE_INDEX] * len(prompt) + solution))
     width = max(len(ids) for ids, _ in rows)
@@ -37,7 +42,7 @@ def sft_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase) -> SFTBat
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
         attention_mask[i, : len(ids)] = 1
-    return SFTBatch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    return SFTBatch(input_ids=input_ids, attention_mask=attention_mask, labels=labels, model_inputs=concat_model_inputs(model_inputs))
 
 
 class SFTDataModule(ShardDataModule):
@@ -55,5 +60,5 @@ class SFTDataModule(ShardDataModule):
         self.steps = steps
 
     def train_dataloader(self) -> DataLoader:
-        collate = lambda records: sft_batch(records, self.tokenizer)  # noqa: E731
+        collate = lambda records: sft_batch(records, self.tokenizer, self.processor)  # noqa: E731
         return DataLoader(BatchStream(self.train_records, collate, self.examples_per_step, self.steps), batch_size=None)

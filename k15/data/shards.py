@@ -34,6 +34,11 @@ def record_problem(record) -> str | None:
     return None
 
 
+def sample_images(sample: dict) -> list[bytes]:
+    """A WebDataset sample's image members, encoded, in member-name order."""
+    return [sample[name] for name in sorted(sample) if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
+
+
 def image_decodes(data: bytes) -> bool:
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -69,7 +74,8 @@ def _all_shards(urls):
 def read_records(
     urls: list[str], shuffle_buffer: int = 0, seed: int = 0, loop: bool = False, split_by_rank: bool = True
 ) -> Iterator[dict]:
-    """Stream the JSON records of ``urls``; with ``loop`` restart forever, reshuffled each pass.
+    """Stream the JSON records of ``urls``, each with its encoded images under ``images``; with
+    ``loop`` restart forever, reshuffled each pass.
 
     With ``split_by_rank`` each rank (and data-loader worker) reads its own subset of the shards;
     without it every rank reads them all.
@@ -86,7 +92,7 @@ def read_records(
             dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed + epoch))
         count = 0
         for count, sample in enumerate(dataset, start=1):
-            yield sample["json"]
+            yield sample["json"] | {"images": sample_images(sample)}
         if not loop:
             return
         if count == 0:  # looping over nothing would spin forever

@@ -4,27 +4,42 @@
       class_path: k15.models.Pretrained       # a save_pretrained folder (HF or a k15 export)
       init_args: {path: runs/tiny_sft/hf}
 
-The tokenizer is built eagerly (the data module needs it at setup); the model only when
-``LanguageModule.configure_model`` asks, so a sharding strategy can build it in place.
+The tokenizer (and, for a vision-language model, the processor) is built eagerly: the data
+module needs it at setup. The model only when ``LanguageModule.configure_model`` asks, so a
+sharding strategy can build it in place.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+)
 
 from k15.models.tiny import char_tokenizer, tiny_qwen2
+from k15.models.tiny_vlm import IMAGE_TOKEN, tiny_llava, tiny_llava_processor
 
 
 class ModelSource:
-    """Base class: ``tokenizer()`` and ``model()``."""
+    """Base class: ``tokenizer()``, ``model()``, and ``processor()`` for models that take images."""
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         raise NotImplementedError
 
     def model(self) -> PreTrainedModel:
         raise NotImplementedError
+
+    def processor(self) -> ProcessorMixin | None:
+        """Turns image + text prompts into model inputs; None for a text-only model."""
+        return None
 
 
 class Pretrained(ModelSource):
@@ -48,7 +63,16 @@ class Pretrained(ModelSource):
         return tokenizer
 
     def model(self) -> PreTrainedModel:
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype="float32")
+        vision = hasattr(AutoConfig.from_pretrained(self.path), "vision_config")
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        return auto.from_pretrained(self.path, dtype="float32")
+
+    def processor(self) -> ProcessorMixin | None:
+        if not (Path(self.path) / "processor_config.json").is_file():
+            return None
+        processor = AutoProcessor.from_pretrained(self.path)
+        processor.tokenizer.padding_side = "left"
+        return processor
 
 
 class TinyQwen2(ModelSource):
@@ -89,3 +113,57 @@ class TinyQwen2(ModelSource):
 
     def model(self) -> PreTrainedModel:
         return tiny_qwen2(self._tokenizer, **self.shape)
+
+
+class TinyVLM(ModelSource):
+    """A randomly initialised ~0.8M-parameter LLaVA (CLIP ViT + Qwen2) over a character vocabulary.
+
+    Args:
+        alphabet: every character prompts and answers use (spaces allowed).
+        image_size: images are resized to image_size × image_size.
+        patch_size: ViT patch; each image becomes (image_size / patch_size)² tokens.
+        vision_hidden_size, vision_layers: the ViT's width and depth.
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the Qwen2 text model.
+        max_position_embeddings: longest image tokens + prompt + completion, in tokens.
+        seed: initialisation seed; the same seed gives the same weights.
+    """
+
+    def __init__(
+        self,
+        alphabet: str,
+        image_size: int = 64,
+        patch_size: int = 8,
+        vision_hidden_size: int = 64,
+        vision_layers: int = 2,
+        hidden_size: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        num_kv_heads: int = 2,
+        intermediate_size: int = 256,
+        max_position_embeddings: int = 256,
+        seed: int = 0,
+    ):
+        self.shape = dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            vision_hidden_size=vision_hidden_size,
+            vision_layers=vision_layers,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            seed=seed,
+        )
+        self._tokenizer = char_tokenizer(alphabet, image_token=IMAGE_TOKEN)
+        self._processor = tiny_llava_processor(self._tokenizer, image_size, patch_size)
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    def processor(self) -> ProcessorMixin:
+        return self._processor
+
+    def model(self) -> PreTrainedModel:
+        return tiny_llava(self._tokenizer, **self.shape)

@@ -13,18 +13,21 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
-def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
-    """One token per character of ``alphabet``; ids 0–3 are <pad>, <bos>, <eos>, <unk>.
+def char_tokenizer(alphabet: str, image_token: str | None = None) -> PreTrainedTokenizerFast:
+    """One token per character of ``alphabet``; ids 0–3 are <pad>, <bos>, <eos>, <unk>, then
+    ``image_token`` (a vision model's image placeholder) if given.
 
     Encoding prepends <bos>; decoding fuses characters back without separators. Whitespace is
-    refused: transformers' AutoTokenizer reloads a qwen2 folder as ``Qwen2Tokenizer``, which
-    drops whitespace tokens, so the saved folder would not round-trip.
+    refused for text models: transformers' AutoTokenizer reloads a qwen2 folder as
+    ``Qwen2Tokenizer``, which drops whitespace tokens, so the saved folder would not round-trip.
+    A vision model's folder (llava) reloads the tokenizer as saved, so there it is allowed.
     """
-    if any(c.isspace() for c in alphabet):
+    if image_token is None and any(c.isspace() for c in alphabet):
         raise ValueError(f"char_tokenizer: the alphabet must not contain whitespace, got {alphabet!r}")
     chars = sorted(set(alphabet))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    vocab.update({c: len(SPECIAL_TOKENS) + i for i, c in enumerate(chars)})
+    specials = SPECIAL_TOKENS + ((image_token,) if image_token else ())
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    vocab.update({c: len(specials) + i for i, c in enumerate(chars)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -38,6 +41,7 @@ def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
         eos_token="<eos>",
         unk_token="<unk>",
         padding_side="left",
+        extra_special_tokens={"image_token": image_token} if image_token else None,
     )
 
 

@@ -6,11 +6,12 @@ prompt + completion. Sequences are right-padded; ``loss_mask`` marks the complet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from k15.data.encode import concat_model_inputs
 from k15.reward.module import Rewards
 from k15.rollout.trajectory import Group
 
@@ -29,6 +30,7 @@ class Rollout:
     keys: list[str | None]  # [P] the data module's prompt ids (None where it has none)
     samples_per_prompt: int
     engine_logprobs: Tensor | None = None  # [N, T] the engine's log π of each completion token, if reported
+    model_inputs: list[dict[str, Tensor]] = field(default_factory=list)  # [N] each row's extra forward() inputs (pixel_values)
 
     def to(self, device) -> None:
         """Move the tensors the update reads to ``device`` (rewards stay where scoring made them)."""
@@ -37,6 +39,11 @@ class Rollout:
         )
         if self.engine_logprobs is not None:
             self.engine_logprobs = self.engine_logprobs.to(device)
+        self.model_inputs = [{key: value.to(device) for key, value in row.items()} for row in self.model_inputs]
+
+    def inputs_for(self, rows: Tensor) -> dict[str, Tensor]:
+        """The extra forward() inputs of ``rows``, batched (nothing for text prompts)."""
+        return concat_model_inputs([self.model_inputs[n] for n in rows.tolist()]) if self.model_inputs else {}
 
     @property
     def num_tokens(self) -> int:

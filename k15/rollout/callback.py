@@ -116,8 +116,10 @@ class RolloutCallback(Callback):
         k = self.samples_per_prompt
         keys = batch.keys or [None] * len(batch)
         fresh = [
-            Group(ids, p, a, [Trajectory() for _ in range(k)], key)
-            for ids, p, a, key in zip(batch.prompt_ids, batch.prompts, batch.answers, keys, strict=True)
+            Group(ids, p, a, [Trajectory() for _ in range(k)], key, images, inputs)
+            for ids, p, a, key, images, inputs in zip(
+                batch.prompt_ids, batch.prompts, batch.answers, keys, batch.images, batch.model_inputs, strict=True
+            )
         ]
         groups = self.buffer.take() + fresh
         self.extend(groups, iteration)
@@ -132,11 +134,12 @@ class RolloutCallback(Callback):
         for group in groups:
             new = [t for t in group.trajectories if not t.segments]
             if new:  # a new prompt: one request for its k samples
-                requests.append(Request(group.prompt_ids, len(new), budget))
+                requests.append(Request(group.prompt_ids, len(new), budget, group.images, group.model_inputs))
                 targets.append(new)
             for t in group.trajectories:
                 if t.segments and t.finish_reason is None:
-                    requests.append(Request(group.prompt_ids + t.token_ids, 1, min(budget, self.max_new_tokens - len(t))))
+                    limit = min(budget, self.max_new_tokens - len(t))
+                    requests.append(Request(group.prompt_ids + t.token_ids, 1, limit, group.images, group.model_inputs))
                     targets.append([t])
         seed = self.seed + iteration * SAMPLES_PER_ITERATION_SEED_STRIDE
         completions = self.engine.sample(requests, Sampling(temperature=self.temperature, top_p=self.top_p, seed=seed, stop_token_ids=self.stop_token_ids))
@@ -183,6 +186,7 @@ class RolloutCallback(Callback):
             keys=[g.key for g in groups],
             samples_per_prompt=k,
             engine_logprobs=engine_logprobs,
+            model_inputs=[g.model_inputs for g in groups for _ in range(k)],
         )
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, rollout: Rollout | None, sync_s: float, rollout_s: float, iteration: int) -> None:

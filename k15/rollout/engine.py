@@ -6,9 +6,9 @@ callback, evaluation and benchmarks only see this interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,17 @@ class Request:
     """Sample ``samples`` continuations of ``token_ids``, each at most ``max_new_tokens`` long.
 
     A partial rollout resubmits prompt + the tokens generated so far as ``token_ids``.
-    ``multi_modal_data`` (e.g. ``{"image": [PIL.Image, ...]}``) goes to engines that take it.
+    An image prompt carries its images twice, once in each engine's form
+    (``k15.data.encode.encode_prompt``): encoded ``images``, which vLLM preprocesses itself, and
+    the processor's ``model_inputs`` (``pixel_values``), which the HF model's forward takes.
+    ``token_ids`` then already hold the expanded image tokens.
     """
 
     token_ids: list[int]
     samples: int = 1
     max_new_tokens: int = 64
-    multi_modal_data: dict | None = None
+    images: list[bytes] = field(default_factory=list)
+    model_inputs: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import nn
 from transformers import GenerationConfig
 
+from k15.data.encode import concat_model_inputs
 from k15.rollout.engine import Completion, Engine, Request, Sampling
 
 
@@ -35,13 +36,11 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
     Each request is expanded to ``samples`` rows; a chunk generates up to its longest row limit
     and every row is cut back to its own, which is the same as having stopped there.
     """
-    if any(request.multi_modal_data for request in requests):
-        raise ValueError("the HF engine takes token-id prompts only; roll out multimodal prompts with VLLMEngine")
     config = model.generation_config
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     eos = eos + [t for t in sampling.stop_token_ids if t not in eos]
     greedy = sampling.temperature == 0
-    rows = [(request.token_ids, request.max_new_tokens) for request in requests for _ in range(request.samples)]
+    rows = [(request.token_ids, request.max_new_tokens, request.model_inputs) for request in requests for _ in range(request.samples)]
     was_training = model.training
     model.eval()
     completions: list[Completion] = []
@@ -59,22 +58,24 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
                 top_p=None if greedy else sampling.top_p,
                 top_k=None,
                 repetition_penalty=1.0,
-                max_new_tokens=max(limit for _, limit in chunk),
+                max_new_tokens=max(limit for _, limit, _ in chunk),
                 eos_token_id=eos,
                 pad_token_id=config.pad_token_id,
                 bos_token_id=config.bos_token_id,
             )
-            input_ids, attention_mask = left_pad([ids for ids, _ in chunk], config.pad_token_id)
+            input_ids, attention_mask = left_pad([ids for ids, _, _ in chunk], config.pad_token_id)
+            extra = {key: value.to(device) for key, value in concat_model_inputs([inputs for _, _, inputs in chunk]).items()}
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
+                **extra,  # a vision model's pixel_values
                 generation_config=generation_config,
                 # sharded weights (FSDP2) need every rank in every forward, even when its own
                 # sequences have finished
                 synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
             )
             new = out[:, input_ids.shape[1] :].tolist()
-            completions.extend(cut_at_stop(row[:limit], set(eos)) for row, (_, limit) in zip(new, chunk, strict=True))
+            completions.extend(cut_at_stop(row[:limit], set(eos)) for row, (_, limit, _) in zip(new, chunk, strict=True))
     model.train(was_training)
     groups, start = [], 0
     for request in requests:

