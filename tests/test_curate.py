@@ -1,0 +1,252 @@
+"""Prompt-set curation: the pure math (k15/data/curate.py) and tools/curate.py end to end."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from k15.data.curate import (
+    MinHash,
+    average_hash,
+    closed_set_prompts,
+    difficulty_from_pass_rate,
+    find_duplicates,
+    image_digest,
+    jaccard_estimate,
+    lsh_bands,
+    normalise,
+    shingles,
+    unevaluable_kind,
+)
+from k15.data.pool import load_pool
+from k15.data.shards import read_records, shard_urls
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png(pixels: list[int], side: int = 4) -> bytes:
+    """A side×side grey PNG of ``pixels`` (row-major, 0–255), scaled up to 32×32."""
+    image = Image.new("L", (side, side))
+    image.putdata(pixels)
+    out = io.BytesIO()
+    image.resize((32, 32), Image.Resampling.NEAREST).save(out, format="PNG")
+    return out.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text("abcd", min_size=20, max_size=120),
+    keep=st.floats(0, 1),
+    tail=st.text("abcd", max_size=120),
+)
+def test_minhash_estimates_jaccard(text, keep, tail):
+    other = text[: int(keep * len(text))] + tail  # a shared prefix: J anywhere in 0..1
+    a, b = shingles(normalise(text), 5), shingles(normalise(other), 5)
+    true = len(a & b) / len(a | b)
+    minhash = MinHash(num_perm=256)
+    estimate = jaccard_estimate(minhash(normalise(text)), minhash(normalise(other)))
+    assert abs(estimate - true) <= 0.15  # ≥ 4.8 standard deviations at 256 permutations
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(st.text("ab +=", min_size=1), st.sampled_from("12")),
+        min_size=1,
+        max_size=12,
+    ),
+    copies=st.lists(st.tuples(st.integers(0, 11), st.booleans()), max_size=12),
+)
+def test_exact_duplicates_are_always_removed(records, copies):
+    prompts, answers = [p for p, _ in records], [a for _, a in records]
+    for index, shout in copies:  # a copy in another case and spacing, appended later
+        prompt, answer = records[index % len(records)]
+        prompts.append(f"  {prompt.upper() if shout else prompt}\n ")
+        answers.append(answer)
+    images = [[] for _ in prompts]
+    duplicates = find_duplicates(prompts, answers, images)
+    kept = [
+        (normalise(p), a)
+        for i, (p, a) in enumerate(zip(prompts, answers))
+        if i not in duplicates
+    ]
+    assert len(kept) == len(set(kept))
+    for i, (reason, j) in duplicates.items():
+        assert j < i and duplicates.get(j, ("",))[0] != "exact_duplicate"
+        if reason == "near_duplicate":
+            assert j not in duplicates  # compared with kept records only
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(0, 255), min_size=16, max_size=16),
+        min_size=2,
+        max_size=6,
+        unique_by=tuple,
+    )
+)
+def test_records_with_different_images_are_never_exact_duplicates(pictures):
+    images = [[png(pixels)] for pixels in pictures]
+    assert len({image_digest(i) for i in images}) == len(images)
+    prompts, answers = ["How many circles?"] * len(images), ["2"] * len(images)
+    duplicates = find_duplicates(prompts, answers, images, image_near=True)
+    assert all(reason == "near_duplicate" for reason, _ in duplicates.values())
+
+
+def test_near_duplicate_images_share_text_and_average_hash():
+    left_half = png([0, 0, 255, 255] * 4)
+    top_half = png([0] * 8 + [255] * 8)
+    resized = io.BytesIO()
+    Image.open(io.BytesIO(left_half)).resize((48, 48)).save(resized, format="PNG")
+    copy = resized.getvalue()
+    assert average_hash(copy) == average_hash(left_half) != average_hash(top_half)
+    question = "Which half is dark?"
+    prompts = [question, "which half is  dark?", question, "Another question", question]
+    images = [[left_half], [copy], [top_half], [left_half], [copy]]
+    answers = ["left", "left", "top", "left", "right"]  # the last: another answer
+    near = {1: ("near_duplicate", 0)}
+    assert find_duplicates(prompts, answers, images, image_near=True) == near
+    assert find_duplicates(prompts, answers, images) == {}  # off by default
+
+
+@given(samples=st.integers(1, 64), data=st.data())
+def test_difficulty_falls_as_pass_rate_rises_and_stays_in_1_to_5(samples, data):
+    low = data.draw(st.integers(0, samples))
+    high = data.draw(st.integers(low, samples))
+    difficulty = difficulty_from_pass_rate
+    assert 1 <= difficulty(high, samples) <= difficulty(low, samples) <= 5
+    assert difficulty(samples, samples) == 1 and difficulty(0, samples) == 5
+
+
+def test_difficulty_bins_for_ten_samples():
+    by_correct = [difficulty_from_pass_rate(c, 10) for c in range(11)]
+    assert by_correct == [5, 5, 4, 4, 3, 3, 3, 2, 2, 1, 1]
+
+
+def test_lsh_bands_catch_pairs_at_the_threshold():
+    bands, rows = lsh_bands(128, 0.9)
+    assert (bands, rows) == (16, 8) and 1 - (1 - 0.9**rows) ** bands >= 0.999
+
+
+@pytest.mark.parametrize(
+    "prompt, answer, kind",
+    [
+        ("What is 2+3? (A) 4 (B) 5 (C) 6", "5", "multiple_choice"),
+        ("Which is larger?\nA. 3\nB. 4", "4", "multiple_choice"),
+        ("Which option is right?", "(C)", "multiple_choice"),
+        ("Solve (a) x+1=2 and (b) y+2=5; give x+y.", "4", None),
+        ("Is 7 a prime number?", "Yes", "true_false"),
+        ("True or false: 2 > 3.", "FALSE", "true_false"),
+        ("Prove that the sum of two even numbers is even.", "even", "proof"),
+        ("Show that x^2 >= 0 for every real x.", "0", "proof"),
+        ("Demonstrate that 7 divides 49.", "7", "proof"),
+        ("How can we improve the yield by 10%?", "10", None),
+        ("Q:57+68=", "125", None),
+    ],
+)
+def test_evaluability_rules(prompt, answer, kind):
+    assert unevaluable_kind(prompt, answer) == kind
+
+
+def test_evaluability_rules_switch_off_one_by_one():
+    kinds = ("multiple_choice", "proof")
+    assert unevaluable_kind("Is 7 a prime number?", "yes", kinds) is None
+    assert unevaluable_kind("Prove it. (A) yes (B) no", "A", ("proof",)) == "proof"
+
+
+def test_closed_set_finds_an_unlisted_three_way_choice():
+    prompts = ["More circles or squares?"] * 5 + ["How many circles?"] * 5
+    answers = ["circle", "square", "same", "circle", "same", "0", "1", "2", "3", "4"]
+    assert closed_set_prompts(prompts, answers, 3) == {"more circles or squares?"}
+    assert closed_set_prompts(prompts, answers, 2) == set()
+    assert closed_set_prompts(prompts, answers, 0) == set()
+
+
+def write_input(folder: Path, left_half: bytes, top_half: bytes) -> None:
+    """14 records: 6 to keep, 3 exact and 2 near duplicates, 3 hard to verify."""
+    bigger = io.BytesIO()
+    Image.open(io.BytesIO(left_half)).resize((48, 48)).save(bigger, format="PNG")
+    story = "Q:A shop sells 12 pens a day and 15 on weekend days, how many in a week="
+    text = [
+        ("Q:12+34=", "46"),
+        ("Q:5+7=", "12"),
+        ("Q:123+456=", "579"),
+        (story, "90"),
+        ("q:12+34= ", "46"),  # exact duplicate of the first (case, spacing)
+        ("Q:5+7=", "12"),  # exact duplicate
+        (story[:-1] + "?", "90"),  # near duplicate: one character changed
+        ("Is 7 a prime number?", "true"),  # true/false
+        ("Prove that 2+2=4.", "4"),  # proof
+        ("What is 2+3? (A) 4 (B) 5", "B"),  # multiple choice
+    ]
+    question = "Which half is dark?"
+    with_images = [
+        ("left", left_half),
+        ("top", top_half),  # the same text with another image: kept
+        ("left", left_half),  # exact duplicate
+        ("left", bigger.getvalue()),  # near duplicate (resized)
+    ]
+    samples = [
+        {"__key__": f"t{i}", "json": {"prompt": p, "answer": a, "difficulty": 3}}
+        for i, (p, a) in enumerate(text)
+    ] + [
+        {"__key__": f"v{i}", "json": {"prompt": question, "answer": a, "difficulty": 2}}
+        | {"00.png": picture}
+        for i, (a, picture) in enumerate(with_images)
+    ]
+    with wds.ShardWriter(str(folder / "train-%06d.tar"), maxcount=8, verbose=0) as sink:
+        for sample in samples:
+            sink.write(sample)
+
+
+def test_curate_end_to_end(tmp_path, tiny_dir):
+    left_half, top_half = png([0, 0, 255, 255] * 4), png([0] * 8 + [255] * 8)
+    (tmp_path / "in").mkdir()
+    write_input(tmp_path / "in", left_half, top_half)
+    out = tmp_path / "out"
+    command = f"tools/curate.py --shards {tmp_path}/in/train-*.tar --model {tiny_dir}"
+    small = "--hack-tries 2 --pass-samples 3 --max-new-tokens 16 --engine hf"
+    small += " --image-near-duplicates"
+    result = subprocess.run(
+        [sys.executable, *command.split(), "--out", str(out), *small.split()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.splitlines()[-1])
+    report = json.loads((out / "report.json").read_text())
+    dropped, hacked = report["dropped"], report["dropped"]["easy_to_hack"]
+    assert summary["kept"] == report["kept"] and report["in"] == 14
+    assert (dropped["exact_duplicate"], dropped["near_duplicate"]) == (3, 2)
+    rules = ("true_false", "proof", "multiple_choice", "closed_set")
+    assert [dropped[rule] for rule in rules] == [1, 1, 1, 0]
+    assert (report["model_checked"], report["not_model_checked"]) == (4, 2)
+    assert report["kept"] == report["in"] - sum(dropped.values()) == 6 - hacked
+    assert sum(report["pass_rate"].values()) == 4 - hacked
+    by_key = {d.pop("key"): d for d in report["dropped_records"]}
+    assert by_key["train-000000.tar:t4"]["duplicate_of"] == "train-000000.tar:t0"
+    near = {"reason": "near_duplicate", "duplicate_of": "train-000000.tar:t3"}
+    assert by_key["train-000000.tar:t6"] == near
+
+    urls = shard_urls(str(out / "train-*.tar.gz"))
+    pool = load_pool(urls)
+    records = list(read_records(urls, split_by_rank=False))
+    assert len(pool) == len(records) == report["kept"]
+    for record, images in zip(records, pool.images):
+        if images:  # not model-checked: the label stays
+            assert record["pass_rate"] is None and record["difficulty"] == 2
+        else:
+            correct = round(record["pass_rate"] * 3)
+            assert record["difficulty"] == difficulty_from_pass_rate(correct, 3)
+            assert record["difficulty_label_original"] == 3
+    assert [i for i in pool.images if i] == [[left_half], [top_half]]
