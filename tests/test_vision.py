@@ -55,3 +55,7 @@ def test_shipped_vision_shards_load_with_one_image_each():
     assert len(pool) == 3000 and not pool.skipped
     assert all(len(images) == 1 for images in pool.images)
     assert set(pool.difficulties) == {1, 2, 3, 4, 5}
+    seen = set(zip(pool.prompts, (images[0] for images in pool.images), strict=True))
+    assert len(seen) == len(pool)  # no repeats
+    heldout = load_pool(shard_urls(str(shards / "heldout-*.tar.gz")))
+    assert not seen & set(zip(heldout.prompts, (images[0] for images in heldout.images), strict=True))  # held out

@@ -26,17 +26,25 @@ from k15.data.shards import write_shards
 from k15.data.vision import TASKS
 
 
-def vision_samples(count: int, seed: int) -> list[dict]:
-    """Image + question samples of the synthetic vision tasks (k15/data/vision.py), difficulty 1–5."""
-    rng, out = random.Random(seed), []
-    for i in range(count):
+def vision_samples(count: int, seed: int, exclude: set[tuple[str, bytes]]) -> list[dict]:
+    """``count`` distinct image + question samples of the synthetic vision tasks
+    (k15/data/vision.py), difficulty 1–5, none of them in ``exclude`` (prompt, PNG bytes).
+
+    Easy scenes repeat often (one circle has 16 places to be), so repeats are skipped: a
+    held-out image must not be a training image.
+    """
+    rng, out, seen = random.Random(seed), [], set(exclude)
+    while len(out) < count:
         task = rng.choice(sorted(TASKS))
         problem = TASKS[task](rng, rng.randint(1, MAX_DIFFICULTY))
         png = io.BytesIO()
         problem.image.save(png, format="PNG")
+        if (problem.prompt, png.getvalue()) in seen:
+            continue
+        seen.add((problem.prompt, png.getvalue()))
         record = {"prompt": problem.prompt, "answer": problem.answer, "difficulty": problem.difficulty,
                   "solution": f"A:{problem.answer}", "task": task, "domain": "vision", "source": f"k15.synthetic.{task}"}
-        out.append({"__key__": f"{i:08d}", "json": record, "png": png.getvalue()})
+        out.append({"__key__": f"{len(out):08d}", "json": record, "png": png.getvalue()})
     return out
 
 
@@ -88,8 +96,10 @@ def main() -> None:
             raise SystemExit(f"no usable rows in {args.source}: {report['rejected']}")
         return
     if args.task == "vision":
-        n_train = write_samples(vision_samples(args.train, args.seed), f"{args.out}/train-%06d.tar.gz", args.records_per_shard)
-        n_heldout = write_samples(vision_samples(args.heldout, args.seed + 1), f"{args.out}/heldout-%06d.tar.gz", args.records_per_shard)
+        heldout = vision_samples(args.heldout, args.seed + 1, exclude=set())
+        train = vision_samples(args.train, args.seed, exclude={(s["json"]["prompt"], s["png"]) for s in heldout})
+        n_train = write_samples(train, f"{args.out}/train-%06d.tar.gz", args.records_per_shard)
+        n_heldout = write_samples(heldout, f"{args.out}/heldout-%06d.tar.gz", args.records_per_shard)
         print(f"wrote {n_train} train and {n_heldout} held-out image records to {args.out}/")
         return
     heldout = records(args.heldout, seed=args.seed + 1, exclude=set())
