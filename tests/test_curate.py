@@ -250,3 +250,22 @@ def test_curate_end_to_end(tmp_path, tiny_dir):
             assert record["difficulty"] == difficulty_from_pass_rate(correct, 3)
             assert record["difficulty_label_original"] == 3
     assert [i for i in pool.images if i] == [[left_half], [top_half]]
+
+
+def test_a_vision_language_model_checks_image_prompts(tmp_path):
+    from k15.models import TinyVLM
+
+    source = TinyVLM("0123456789abcdefghijklmnopqrstuvwxyzAHMS?.:+=, ", vision_hidden_size=32, vision_layers=1,
+                     hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
+    source.model().save_pretrained(tmp_path / "vlm")
+    source.processor().save_pretrained(tmp_path / "vlm")
+    shards = ROOT / "shards/vision/heldout-000000.tar.gz"
+    small = "--limit 6 --hack-tries 2 --pass-samples 3 --max-new-tokens 8 --no-cot-max-new-tokens 8 --engine hf"
+    command = [sys.executable, "tools/curate.py", "--shards", str(shards), "--model", str(tmp_path / "vlm"), "--out", str(tmp_path / "out")]
+    result = subprocess.run([*command, *small.split()], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["in"] == 6 and report["not_model_checked"] == 0 and report["engine"] == "HFEngine"
+    assert report["model_checked"] == 6 - sum(report["dropped"][r] for r in ("exact_duplicate", "near_duplicate", "closed_set"))
+    records = list(read_records(shard_urls(str(tmp_path / "out/train-*.tar.gz")), split_by_rank=False))
+    assert len(records) == report["kept"] > 0 and all(r["pass_rate"] is not None and len(r["images"]) == 1 for r in records)

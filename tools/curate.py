@@ -20,8 +20,10 @@ In order (the math is in k15/data/curate.py):
                    p = correct / 10, difficulty = 5 − round(4p); the old label is kept as
                    difficulty_label_original, p as pass_rate (--drop-solved / --drop-unsolved)
 
-Steps 3–4 ask a text-only model, which cannot see images: records with images skip them,
-keep their label, get pass_rate null and are counted as not_model_checked.
+Steps 3–4 ask the model. A vision-language model (a folder with a processor, e.g. the tiny
+VLM's export) checks image prompts too, with HFEngine (vLLM cannot serve one here); a
+text-only model cannot see images, so then records with images skip steps 3–4, keep their
+label, get pass_rate null and are counted as not_model_checked.
 
 Writes OUT/train-%06d.tar.gz (the input schema, images under their member names, plus
 origin_key = the input record's pool key) and OUT/report.json (counts in, kept, dropped
@@ -51,6 +53,7 @@ from k15.data.curate import (
     normalise,
     unevaluable_kind,
 )
+from k15.data.encode import encode_prompt
 from k15.data.pool import load_pool
 from k15.data.shards import shard_urls
 from k15.models import Pretrained
@@ -144,20 +147,26 @@ class Judge:
     Sample j of all the passes is seeded ``seed + j``, whatever the chunking.
     """
 
-    def __init__(self, engine, tokenizer, marker: str, seed: int):
-        self.engine, self.tokenizer = engine, tokenizer
+    def __init__(self, engine, tokenizer, processor, marker: str, seed: int):
+        self.engine, self.tokenizer, self.processor = engine, tokenizer, processor
         self.verifier, self.seed = FinalAnswerMatch(marker), seed
 
     def correct(
-        self, prompts, answers, samples, max_new_tokens, temperature, suffix=""
+        self, prompts, answers, images, samples, max_new_tokens, temperature, suffix=""
     ):
         """[P] correct completions of prompt + ``suffix``, each read as suffix + completion
         (so the marker a no-CoT prompt ends with is seen by the verifier)."""
         counts = []
         for start in range(0, len(prompts), PROMPTS_PER_CALL):
             chunk = range(start, min(start + PROMPTS_PER_CALL, len(prompts)))
-            ids = [self.tokenizer(prompts[p] + suffix)["input_ids"] for p in chunk]
-            requests = [Request(i, samples, max_new_tokens) for i in ids]
+            encoded = [
+                encode_prompt(prompts[p] + suffix, images[p], self.tokenizer, self.processor)
+                for p in chunk
+            ]
+            requests = [
+                Request(e.token_ids, samples, max_new_tokens, e.images, e.model_inputs)
+                for e in encoded
+            ]
             sampling = Sampling(temperature=temperature, seed=self.seed)
             groups = self.engine.sample(requests, sampling)
             self.seed += len(chunk) * samples
@@ -171,13 +180,12 @@ class Judge:
 
 
 def model_filters(
-    args, prompts, answers
+    args, source, prompts, answers, images
 ) -> tuple[dict[int, dict], dict[int, int], dict]:
-    """Steps 3–4 on text-only prompts: (dropped {index: details}, correct CoT samples of
-    each prompt that reached step 4, {"engine": name, "seconds": per pass})."""
-    source = Pretrained(args.model)
-    tokenizer = source.tokenizer()
-    if args.engine == "hf":
+    """Steps 3–4 on the prompts the model can read: (dropped {index: details}, correct CoT
+    samples of each prompt that reached step 4, {"engine": name, "seconds": per pass})."""
+    tokenizer, processor = source.tokenizer(), source.processor()
+    if args.engine == "hf" or processor is not None:
         engine = HFEngine()
     else:
         longest = max(
@@ -187,11 +195,13 @@ def model_filters(
         vllm = {"dtype": args.dtype, "kv_cache_gib": args.kv_cache_gib}
         engine = AutoEngine(vllm=vllm | {"max_model_len": longest + new_tokens})
     engine.sync(source.model())
-    judge = Judge(engine, tokenizer, args.marker, args.seed)
+    judge = Judge(engine, tokenizer, processor, args.marker, args.seed)
     started = time.perf_counter()
     print("easy to hack: no-CoT samples", file=sys.stderr)
     hack = (args.hack_tries, args.no_cot_max_new_tokens, args.hack_temperature)
-    hacked = judge.correct(prompts, answers, *hack, suffix=args.no_cot_suffix)
+    hacked = judge.correct(
+        prompts, answers, images, *hack, suffix=args.no_cot_suffix
+    )
     dropped = {
         p: {"reason": "easy_to_hack", "correct_tries": c}
         for p, c in enumerate(hacked)
@@ -201,7 +211,9 @@ def model_filters(
     hacked_at = time.perf_counter()
     print("pass rate: CoT samples", file=sys.stderr)
     cot = (args.pass_samples, args.max_new_tokens, args.temperature)
-    passed = judge.correct([prompts[p] for p in left], [answers[p] for p in left], *cot)
+    passed = judge.correct(
+        *([column[p] for p in left] for column in (prompts, answers, images)), *cot
+    )
     seconds = {
         "easy_to_hack": hacked_at - started,
         "pass_rate": time.perf_counter() - hacked_at,
@@ -262,12 +274,13 @@ def main() -> None:
     lap("read")
     dropped = rule_filters(args, keys, prompts, answers, images)
     lap("rules")
-    text = [i for i in range(n) if i not in dropped and not images[i]]
+    source = Pretrained(args.model)
+    sees_images = source.processor() is not None
+    text = [i for i in range(n) if i not in dropped and (sees_images or not images[i])]
     correct, model = {}, {"engine": None, "seconds": {}}
     if text:
-        text_prompts = [prompts[i] for i in text]
         by_model, passes, model = model_filters(
-            args, text_prompts, [answers[i] for i in text]
+            args, source, *([column[i] for i in text] for column in (prompts, answers, images))
         )
         dropped |= {text[p]: details for p, details in by_model.items()}
         correct = {text[p]: c for p, c in passes.items()}
@@ -285,8 +298,8 @@ def main() -> None:
         "dropped": {reason: reasons[reason] for reason in REASONS},
         "unreadable": dict(pool.skipped),
         "model_checked": len(text),
-        # kept records with images: the text-only model cannot see them (steps 3-4 skipped)
-        "not_model_checked": sum(1 for i in kept if images[i]),
+        # kept records with images a text-only model cannot see (steps 3-4 skipped)
+        "not_model_checked": sum(1 for i in kept if images[i] and not sees_images),
         "engine": model["engine"],
         "difficulty_before": histogram(pool.difficulties[:n]),
         "difficulty_after": histogram(difficulties),
