@@ -58,6 +58,12 @@ class LanguageModule(LightningModule):
         self.heldout_max_new_tokens = heldout_max_new_tokens
         self.model: PreTrainedModel | None = None
 
+    @property
+    def unsampled_token_ids(self) -> tuple[int, ...]:
+        """Tokens the policy must never generate: a vision model's image placeholder stands only
+        for an image (one sampled into a response would leave the update an image short)."""
+        return () if self.processor is None else (self.tokenizer.convert_tokens_to_ids(self.processor.image_token),)
+
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.source.model().train()  # from_pretrained returns eval mode
@@ -76,7 +82,7 @@ class LanguageModule(LightningModule):
             Request(ids, 1, self.heldout_max_new_tokens, images, inputs)
             for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)
         ]
-        completions = hf_sample(self.model, requests, Sampling(temperature=0.0))
+        completions = hf_sample(self.model, requests, Sampling(temperature=0.0, banned_token_ids=self.unsampled_token_ids))
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct = self.reward.correctness(texts, batch.answers)
         self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)

@@ -60,3 +60,13 @@ def test_extra_stop_tokens_end_a_response_like_eos(tiny_dir, engine_name):
         cut = whole.index(stop) + 1 if stop in whole else len(whole)
         assert completion.token_ids == whole[:cut]
         assert (completion.finish_reason == "stop") == (stop in whole or whole[-1] == model.config.eos_token_id)
+
+
+@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
+def test_banned_tokens_are_never_sampled(tiny_dir, engine_name):
+    engine, _, _, prompts = synced_engine(tiny_dir, engine_name)
+    free = [c.token_ids for g in engine.generate(prompts, Sampling(4, 20, temperature=1.0, seed=0)) for c in g]
+    banned = tuple({t for tokens in free for t in tokens[:-1]})[:3]  # tokens this model does sample
+    assert banned
+    again = [c.token_ids for g in engine.generate(prompts, Sampling(4, 20, temperature=1.0, seed=0, banned_token_ids=banned)) for c in g]
+    assert not {t for tokens in again for t in tokens} & set(banned)

@@ -136,3 +136,11 @@ def test_tiny_vlm_recipe_runs_sft_then_rl_through_the_cli(tmp_path):
 def test_text_model_folder_has_no_processor(tiny_dir):
     assert Pretrained(str(tiny_dir)).processor() is None
     assert not Path(tiny_dir, "processor_config.json").exists()
+
+
+def test_the_image_placeholder_is_never_sampled_by_a_vision_policy(tiny_dir):
+    from k15.module import LanguageModule
+
+    vision = LanguageModule(TinyVLM(ALPHABET, **SMALL_VLM))
+    assert vision.unsampled_token_ids == (vision.tokenizer.convert_tokens_to_ids("<image>"),)
+    assert LanguageModule(Pretrained(str(tiny_dir))).unsampled_token_ids == ()

@@ -79,10 +79,12 @@ class RolloutCallback(Callback):
         self.repeat_detector = repeat_detector
         self.text_samples_every_n_iterations = text_samples_every_n_iterations
         self.buffer = ReplayBuffer()
+        self.banned_token_ids: tuple[int, ...] = ()  # the policy's unsampled_token_ids, set in setup
         self.segment_outcomes: Counter[str] = Counter()  # this iteration: stop / repeat / max_length / budget
         self.new_tokens = 0  # tokens generated this iteration
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.banned_token_ids = pl_module.unsampled_token_ids
         if self.segment_tokens is not None and trainer.world_size > 1:
             # each rank would finish a different number of groups, and so take a different
             # number of sharded forward/backward passes: the collectives would deadlock
@@ -142,7 +144,10 @@ class RolloutCallback(Callback):
                     requests.append(Request(group.prompt_ids + t.token_ids, 1, limit, group.images, group.model_inputs))
                     targets.append([t])
         seed = self.seed + iteration * SAMPLES_PER_ITERATION_SEED_STRIDE
-        completions = self.engine.sample(requests, Sampling(temperature=self.temperature, top_p=self.top_p, seed=seed, stop_token_ids=self.stop_token_ids))
+        sampling = Sampling(
+            temperature=self.temperature, top_p=self.top_p, seed=seed, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids
+        )
+        completions = self.engine.sample(requests, sampling)
         self.segment_outcomes, self.new_tokens = Counter(), 0
         for trajectories, group_completions in zip(targets, completions, strict=True):
             for trajectory, completion in zip(trajectories, group_completions, strict=True):

@@ -25,6 +25,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()  # stop at these as at <eos> (kept in the completion)
+    banned_token_ids: tuple[int, ...] = ()  # never sampled, e.g. a vision model's image placeholder
 
 
 @dataclass(frozen=True)

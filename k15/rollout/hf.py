@@ -58,6 +58,7 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
                 top_p=None if greedy else sampling.top_p,
                 top_k=None,
                 repetition_penalty=1.0,
+                suppress_tokens=list(sampling.banned_token_ids) or None,
                 max_new_tokens=max(limit for _, limit, _ in chunk),
                 eos_token_id=eos,
                 pad_token_id=config.pad_token_id,

@@ -140,6 +140,7 @@ class VLLMEngine(Engine):
                     seed=None if sampling.seed is None else sampling.seed + first_sample,
                     logprobs=0,  # the sampled token's log-prob under the engine's weights
                     stop_token_ids=self.eos_token_ids + list(sampling.stop_token_ids),
+                    logit_bias=dict.fromkeys(sampling.banned_token_ids, -100.0) or None,  # vLLM's floor: never sampled
                     detokenize=False,
                 )
             )
