@@ -241,6 +241,17 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir):
     assert json.loads((sft_run / "runs/fsdp2/version_0/summary.json").read_text())["steps"] == 2
 
 
+def test_curriculum_sampler_stays_identical_across_two_processes(sft_run, shard_dir):
+    """Every rank draws from its own copy of the sampler; after each iteration's outcomes the
+    ranks compare their success tables and generator states (a mismatch stops the run)."""
+    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml"), "-c", str(CONF / "data/curriculum.yaml"),
+        *data_args(shard_dir), *SMALL_RL, "--data.init_args.iterations=3", "--trainer.val_check_interval=3",
+        "--data.init_args.stages=[{until: 1, max_difficulty: 2}, {until: null}]", "--trainer.logger.init_args.name=fsdp_curriculum",
+        "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run)
+    logged = scalars(sft_run / "runs/fsdp_curriculum/version_0")
+    assert [s.value for s in logged["data/stage"]] == [0.0, 1.0, 1.0] and len(logged["rollout/reward"]) == 3
+
+
 def test_vllm_engine_overlay_trains_and_reports_engine_trainer_mismatch(sft_run, shard_dir):
     k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"), *data_args(shard_dir), *SMALL_RL,
         "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=vllm",

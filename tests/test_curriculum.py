@@ -134,3 +134,38 @@ def test_a_set_with_no_usable_record_is_one_clear_error(tmp_path):
         load_pool([str(tmp_path / "x.tar")])
     with pytest.raises(FileNotFoundError, match="no shards match"):
         shard_urls(str(tmp_path / "nothing-*.tar"))
+
+
+def _record_on_rank(rank: int, folder: str, port: int, results) -> None:
+    """Two iterations on two ranks: the first as it should go, then rank 1 loses an update."""
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dm = data_module(Path(folder), prompts_per_iteration=2)
+    for iteration in ("same", "diverged"):
+        batch = dm.draw()
+        if iteration == "diverged" and rank == 1:
+            dm.success[0] += 0.5
+        try:
+            dm.record(batch.keys, torch.ones(len(batch), 4))
+            results[(iteration, rank)] = "agree"
+        except RuntimeError as error:
+            results[(iteration, rank)] = str(error)
+    dist.destroy_process_group()
+
+
+def test_ranks_check_that_their_sampler_states_agree(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    data_module(tmp_path)  # write the shards once
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_record_on_rank, args=(str(tmp_path), port, results), nprocs=2)
+    assert results[("same", 0)] == results[("same", 1)] == "agree"
+    assert all("differ across ranks" in results[("diverged", rank)] for rank in (0, 1))

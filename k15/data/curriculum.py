@@ -15,6 +15,7 @@ See ``k15/data/sampling.py`` for the math and ``k15/data/pool.py`` for how bad s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Literal
 
@@ -125,13 +126,24 @@ class CurriculumDataModule(ShardDataModule):
     def record(self, keys: list[str], correct: Tensor) -> None:
         """Feed the success table: ``correct`` [P, k] for the prompts ``keys`` (this rank's)."""
         outcomes = list(zip(keys, correct.float().mean(dim=1).tolist(), strict=True))
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, outcomes)  # every rank keeps the same table
             outcomes = [o for part in gathered for o in part]
         for key, share in outcomes:
             i = self.index[key]
             self.success[i] = updated_success(float(self.success[i]), share, self.success_decay)
+        if distributed:
+            self._check_ranks_agree()
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must hold the same sampler state: the draws, and rank 0's checkpoint, rely on it."""
+        state = hashlib.sha256(self.success.numpy().tobytes() + self.generator.get_state().numpy().tobytes()).hexdigest()
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, (state, self.draws))
+        if len(set(states)) > 1:
+            raise RuntimeError(f"curriculum sampler states differ across ranks after draw {self.draws}: {states}")
 
     def _log_sampler(self, iteration: int, stage: int, candidates: Tensor) -> None:
         logger = self.trainer.logger
