@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 
-class FinalAnswerMatch:
+class Verifier:
+    """Decides whether a completion's final answer is the reference answer; swapped in YAML
+    (``verifier: {class_path: k15.reward.math.MathVerify}``)."""
+
+    def extract(self, completion: str) -> str | None:
+        """The completion's final answer, or None when it gives none."""
+        raise NotImplementedError
+
+    def __call__(self, completion: str, answer: str) -> bool:
+        raise NotImplementedError
+
+
+class FinalAnswerMatch(Verifier):
     """Correct iff the text after the last ``marker`` equals the reference answer exactly.
 
     A completion without the marker is wrong, so an unfinished chain of thought earns nothing.

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from k15.reward.answer import FinalAnswerMatch
+from k15.reward.answer import FinalAnswerMatch, Verifier
 from k15.reward.shaping import length_reward
 
 
@@ -39,7 +39,7 @@ class RewardModule(LightningModule):
 
     def __init__(
         self,
-        verifier: FinalAnswerMatch | None = None,
+        verifier: Verifier | None = None,
         length_penalty_weight: float = 0.0,
         length_penalty_warmup_iterations: int = 0,
         repeat_penalty: float = 0.0,
