@@ -76,7 +76,7 @@ def test_fork_bomb_times_out(sandbox):
 def test_infinite_loop_times_out(sandbox):
     start = time.monotonic()
     assert sandbox.run("while True:\n    pass", ONE).verdicts == ["timeout"]
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 10  # killed by the clock (loose: CI machines are noisy), not left to run
 
 
 def test_raising_own_limits_fails(sandbox):
