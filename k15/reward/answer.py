@@ -14,6 +14,10 @@ class Verifier:
     def __call__(self, completion: str, answer: str) -> bool:
         raise NotImplementedError
 
+    def check_many(self, completions: list[str], answers: list[str]) -> list[bool]:
+        """A batch of checks; verifiers that can run them in parallel (code tests) override this."""
+        return [self(c, a) for c, a in zip(completions, answers, strict=True)]
+
 
 class FinalAnswerMatch(Verifier):
     """Correct iff the text after the last ``marker`` equals the reference answer exactly.

@@ -52,7 +52,7 @@ class RewardModule(LightningModule):
 
     def correctness(self, completions: list[str], answers: list[str]) -> Tensor:
         """[N] floats in {0, 1}."""
-        return torch.tensor([float(self.verifier(c, a)) for c, a in zip(completions, answers, strict=True)])
+        return torch.tensor([float(ok) for ok in self.verifier.check_many(completions, answers)])
 
     def forward(
         self, completions: list[str], answers: list[str], lengths: Tensor, finish_reasons: list[str], k: int, iteration: int

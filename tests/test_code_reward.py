@@ -1,0 +1,45 @@
+"""CodeTests: code rewards from the real sandbox, as a verifier the RewardModule takes from YAML."""
+
+import json
+
+import pytest
+import torch
+
+from k15.reward import RewardModule
+from k15.reward.code import CodeTests, parse_test_cases
+
+ADDITION = json.dumps([{"stdin": f"{a} {b}\n", "expected": f"{a + b}\n"} for a, b in [(1, 2), (10, 5), (0, 0)]])
+RIGHT = "I read two numbers and print their sum.\n```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+WRONG = "```python\na, b = map(int, input().split())\nprint(a - b)\n```"
+
+
+@pytest.fixture(scope="module")
+def code() -> CodeTests:
+    return CodeTests(cpu_seconds=1, wall_seconds=3, workers=2)
+
+
+def test_the_last_code_block_is_the_program(code):
+    assert code.extract("draft:\n```python\nprint(1)\n```\nfinal:\n```py\nprint(2)\n```") == "print(2)\n"
+    assert code.extract("no code here") is None
+
+
+def test_a_batch_is_scored_in_order_with_verdicts_counted(code):
+    completions = [RIGHT, WRONG, "print(3) without a fence", RIGHT, RIGHT.replace("print(a + b)", "while True: pass")]
+    answers = [ADDITION] * 4 + [ADDITION]
+    answers[3] = "not json"  # a broken record: wrong, and counted against the data
+    before = code.bad_tests
+    assert code.check_many(completions, answers) == [True, False, False, False, False]
+    assert code.bad_tests == before + 1
+    assert code.verdicts["ok"] >= 3 and code.verdicts["wrong"] >= 1 and code.verdicts["timeout"] >= 1
+
+
+def test_test_cases_must_be_a_non_empty_list_of_stdin_expected():
+    assert [c.expected for c in parse_test_cases(ADDITION)] == ["3\n", "15\n", "0\n"]
+    for bad in ("[]", "{}", '[{"stdin": "1"}]', "[1, 2]", "oops"):
+        assert parse_test_cases(bad) is None
+
+
+def test_reward_module_takes_code_tests_as_its_verifier(code):
+    reward = RewardModule(verifier=code)
+    rewards = reward([RIGHT, WRONG, WRONG, RIGHT], [ADDITION] * 4, torch.tensor([30, 30, 30, 30]), ["stop"] * 4, k=2, iteration=0)
+    assert rewards.correct.tolist() == [[1.0, 0.0], [0.0, 1.0]]
