@@ -24,6 +24,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 NOISE = ("Given value:", "Given value type:", "Subtypes:", "- Expected a <class 'NoneType'>")
 
 
+def without_noise(message: str) -> str:
+    return "\n".join(line for line in str(message).splitlines() if not line.strip().startswith(NOISE))
+
+
 class K15ArgumentParser(LightningArgumentParser):
     """Config errors print one short message naming the key, not the usage of every Trainer flag."""
 
@@ -31,8 +35,7 @@ class K15ArgumentParser(LightningArgumentParser):
         (file or sys.stderr).write(f"usage: {self.prog} -c CONFIG.yaml [-c OVERLAY.yaml] [--key=value ...]\n")
 
     def error(self, message: str, ex: Exception | None = None):
-        message = "\n".join(line for line in str(message).splitlines() if not line.strip().startswith(NOISE))
-        super().error(message, ex)
+        super().error(without_noise(message), ex)
 
 
 class K15CLI(LightningCLI):
@@ -44,7 +47,7 @@ class K15CLI(LightningCLI):
         except Exception as error:
             if os.environ.get("K15_TRACEBACK"):
                 raise
-            print(f"k15: error: {type(error).__name__}: {error}", file=sys.stderr)
+            print(f"k15: error: {type(error).__name__}: {without_noise(error)}", file=sys.stderr)
             raise SystemExit(2) from None
 
 

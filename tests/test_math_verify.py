@@ -71,11 +71,18 @@ def test_marker_on_the_tiny_task_format():
     assert not verifier("7+8+0=15,A:125", "125")  # without the marker the first sum is taken
 
 
-def test_pathological_input_is_bounded_and_counted():
-    bounded = MathVerify(timeout_seconds=0.5)
-    nested = "\\boxed{" + "(" * 200 + "1" + ")" * 200 + "}"  # latex2sympy takes tens of seconds
-    assert not bounded(nested, "1")
-    assert (bounded.timeouts, bounded.errors) == (1, 0)  # the timer cut it short (no wall-time assert: CI is noisy)
+def test_a_slow_check_is_cut_off_and_counted(monkeypatch):
+    """The timer is what bounds a check. How long latex2sympy takes on a hostile input depends on the
+    machine (deep nesting can also fail fast on the recursion limit), so the slow step here is a
+    verify that would sleep for a minute."""
+    import time
+
+    bounded = MathVerify(timeout_seconds=0.3)
+    monkeypatch.setattr("k15.reward.math.verify", lambda *args, **kwargs: time.sleep(60))
+    start = time.monotonic()
+    assert not bounded("\\boxed{1}", "1")
+    assert time.monotonic() - start < 30 and (bounded.timeouts, bounded.errors) == (1, 0)
+    monkeypatch.undo()
     assert bounded("\\boxed{1}", "1")  # the timer is cleared: later checks run normally
     assert bounded.checks == 2
 

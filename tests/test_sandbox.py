@@ -17,11 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k15.reward.sandbox import UIDS, Outcome, Result, Sandbox, same_output, verdict
+from k15.reward.sandbox import SANDBOX_UIDS, UIDS, Outcome, Result, Sandbox, same_output, verdict
 from k15.reward.sandbox import TestCase as Case  # a name pytest would try to collect
 
 ROOT = Path(__file__).resolve().parents[1]
-SANDBOX_UIDS = range(61000, 61256)
 ADD = [Case("1 2\n", "3\n"), Case("10 -4\n", "6\n"), Case("0 0\n", "0\n")]
 ONE = [Case("", "blocked\n")]
 
@@ -39,7 +38,8 @@ def contained(sandbox) -> Sandbox:
 
 
 def sandbox_processes() -> list[int]:
-    """Host pids of processes running as a sandbox uid."""
+    """Host pids of processes running as one of this process's sandbox uids (other test workers
+    run sandboxes of their own under other uids)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:

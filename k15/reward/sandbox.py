@@ -45,8 +45,11 @@ from pathlib import Path
 LAUNCHER = str(Path(__file__).with_name("isolation.py"))
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/box", "TMPDIR": "/box"}
 MEMORY_MARKERS = (b"MemoryError", b"std::bad_alloc", b"Cannot allocate memory")
-UIDS = queue.Queue()  # one uid per running program, so RLIMIT_NPROC (counted per uid) is its own
-for _uid in range(61000, 61256):
+# One uid per running program, so RLIMIT_NPROC (counted per uid) is its own; each host process
+# (e.g. each test worker, each rank) takes its own block of 256, keyed by its pid.
+SANDBOX_UIDS = range(1_000_000 + (os.getpid() % 4096) * 256, 1_000_000 + (os.getpid() % 4096 + 1) * 256)
+UIDS = queue.Queue()
+for _uid in SANDBOX_UIDS:
     UIDS.put(_uid)
 
 

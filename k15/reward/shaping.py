@@ -1,4 +1,4 @@
-"""Reward shaping: pure tensor functions, no framework.
+"""Reward shaping: pure functions, no framework.
 
 Length penalty (paper §2.3.3). Among the k samples of one prompt, with len_j the response length:
 
@@ -12,6 +12,8 @@ being short.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -24,3 +26,14 @@ def length_reward(lengths: Tensor, correct: Tensor) -> Tensor:
     span = longest - shortest
     lam = torch.where(span > 0, 0.5 - (lengths - shortest) / torch.where(span > 0, span, 1.0), torch.zeros_like(lengths))
     return torch.where(correct.bool(), lam, lam.clamp(max=0)).to(torch.float32)
+
+
+def format_reward(completions: list[str], pattern: str) -> Tensor:
+    """Format reward: 1 where the whole completion matches ``pattern`` (a regular expression, e.g.
+    a chain of thought, then the answer marker and an answer), else 0. [N] → [N].
+
+    It pays for the shape of a response, never its correctness, so its weight should stay well
+    below the correctness reward's 1.
+    """
+    compiled = re.compile(pattern, re.DOTALL)
+    return torch.tensor([float(compiled.fullmatch(c) is not None) for c in completions])

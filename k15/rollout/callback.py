@@ -210,6 +210,7 @@ class RolloutCallback(Callback):
             metrics |= {
                 "rollout/reward": rollout.rewards.total.mean(),
                 "rollout/accuracy": rollout.rewards.correct.mean(),
+                "rollout/format_ok": rollout.rewards.format.mean(),
                 "rollout/response_len_mean": lengths.mean(),
                 "rollout/response_len_max": lengths.max(),
                 "rollout/groups_finished": float(len(rollout.prompts)),
