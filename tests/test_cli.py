@@ -217,7 +217,9 @@ def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
         (["--model.init_args.loss.class_path=k15.losses.NoSuchLoss"], ["loss", "NoSuchLoss"]),
         (["-c", "conf/does_not_exist.yaml"], ["does_not_exist.yaml"]),
         (["--model.init_args.model.init_args.path=/no/model/here"], ["Pretrained.path", "/no/model/here"]),
-        (["--model.init_args.reward.init_args.format_weight=0.5"], ["format_weight", "format_pattern"]),
+        # a model built from config, so the reward is reached even where no SFT export exists (CI)
+        (["--model.init_args.model=k15.models.TinyQwen2", "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
+          "--model.init_args.reward.init_args.format_weight=0.5"], ["format_weight", "format_pattern"]),
     ],
 )
 def test_bad_config_is_one_clear_message(override, names):
