@@ -28,7 +28,9 @@ def test_a_batch_is_scored_in_order_with_verdicts_counted(code):
     answers = [ADDITION] * 4 + [ADDITION]
     answers[3] = "not json"  # a broken record: wrong, and counted against the data
     before = code.bad_tests
-    assert code.check_many(completions, answers) == [True, False, False, False, False]
+    verdicts = code.judge_many([""] * 5, completions, answers)
+    assert [v.correct for v in verdicts] == [True, False, False, False, False]
+    assert [v.reason for v in verdicts] == ["pass", "wrong", "no_code", "bad_tests", "timeout"]
     assert code.bad_tests == before + 1
     assert code.verdicts["ok"] >= 3 and code.verdicts["wrong"] >= 1 and code.verdicts["timeout"] >= 1
 

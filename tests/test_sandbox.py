@@ -202,7 +202,7 @@ def test_correct_wrong_crashing_python(sandbox):
 def test_rewards_all_and_fraction(sandbox):
     result = sandbox.run("a, b = map(int, input().split())\nprint(a - b)", ADD)
     assert result.reward("all") == 0.0 and result.reward("fraction") == pytest.approx(1 / 3)
-    assert Result(["ok", "ok"]).reward() == 1.0 and Result([]).reward("fraction") == 0.0
+    assert Result(["ok", "ok"], ["", ""]).reward() == 1.0 and Result([], []).reward("fraction") == 0.0
 
 
 def test_large_stdin(sandbox):

@@ -4,9 +4,10 @@
     answer       [{"stdin": "1 2\n", "expected": "3\n"}, …]   the record's test cases, as JSON
     correct   ⇔  every test's verdict is "ok" in the hermetic Sandbox (k15/reward/sandbox.py)
 
-A batch is scored with ``check_many``, which runs its programs on the sandbox's worker pool.
-A completion with no code block is wrong; a record whose answer is not a list of test cases is
-wrong too and counted in ``bad_tests`` (the data, not the policy, is at fault: fix the shard).
+A batch is judged with ``judge_many``, which runs its programs on the sandbox's worker pool.
+Reasons: ``pass``; the first failing test's verdict (``wrong``, ``timeout``, ``memory``, …);
+``no_code`` for a completion with no code block; ``bad_tests`` for a record whose answer is not a
+list of test cases (the data, not the policy, is at fault: fix the shard; also counted).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import re
 from collections import Counter
 
-from k15.reward.answer import Verifier
+from k15.reward.answer import Verdict, Verifier
 from k15.reward.sandbox import Sandbox, TestCase
 
 FENCED = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
@@ -48,19 +49,20 @@ class CodeTests(Verifier):
         blocks = FENCED.findall(completion)
         return blocks[-1] if blocks else None
 
-    def __call__(self, completion: str, answer: str) -> bool:
-        return self.check_many([completion], [answer])[0]
+    def judge(self, question: str, completion: str, answer: str) -> Verdict:
+        return self.judge_many([question], [completion], [answer])[0]
 
-    def check_many(self, completions: list[str], answers: list[str]) -> list[bool]:
-        jobs, runnable = [], []
+    def judge_many(self, questions: list[str], completions: list[str], answers: list[str]) -> list[Verdict]:
+        jobs, runnable, verdicts = [], [], []
         for n, (completion, answer) in enumerate(zip(completions, answers, strict=True)):
             program, cases = self.extract(completion), parse_test_cases(answer)
             self.bad_tests += cases is None
+            verdicts.append(Verdict(False, "bad_tests" if cases is None else "no_code"))
             if program is not None and cases is not None:
                 jobs.append((program, cases, self.language))
                 runnable.append(n)
-        correct = [False] * len(completions)
         for n, result in zip(runnable, self.sandbox.run_many(jobs), strict=True):
             self.verdicts.update(result.verdicts)
-            correct[n] = result.reward("all") == 1.0
-        return correct
+            failed = next((v for v in result.verdicts if v != "ok"), None)
+            verdicts[n] = Verdict(failed is None, failed or "pass")
+        return verdicts

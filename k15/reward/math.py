@@ -25,7 +25,7 @@ from typing import Literal
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
 
-from k15.reward.answer import Verifier
+from k15.reward.answer import Verdict, Verifier
 
 Target = Literal["latex", "expr"]
 
@@ -105,20 +105,22 @@ class MathVerify(Verifier):
         text = answer if "\\boxed" in answer or "$" in answer else f"\\boxed{{{answer.strip()}}}"
         return parse(text, [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=None, raise_on_error=True)
 
-    def _check(self, completion: str, answer: str) -> bool:
+    def _check(self, completion: str, answer: str) -> Verdict:
         predicted = self._parse_completion(completion)
         if not predicted:
-            return False
-        return verify(
+            return Verdict(False, "no_answer")
+        equal = verify(
             self._parse_answer(answer),
             predicted,
             float_rounding=self.float_rounding,
             timeout_seconds=None,
             raise_on_error=True,
         )
+        return Verdict(True, "match") if equal else Verdict(False, "mismatch")
 
     def _bounded(self, fn, *args):
-        """fn(*args) under the time limit; a timeout or exception becomes None and is counted."""
+        """fn(*args) under the time limit; a timeout or exception is counted and returned as a
+        reason ("timeout", "error")."""
         try:
             if threading.current_thread() is threading.main_thread() and self.timeout_seconds > 0:
                 with _time_limit(self.timeout_seconds):
@@ -127,15 +129,17 @@ class MathVerify(Verifier):
             return fn(*args)
         except TimeoutException:
             self.timeouts += 1
+            return "timeout"
         except Exception:  # noqa: BLE001 - any failure of SymPy on model output is a wrong answer
             self.errors += 1
-        return None
+            return "error"
 
     def extract(self, completion: str) -> str | None:
         """The matched answer text, e.g. ``"\\frac{1}{2}"``; None if there is none."""
         predicted = self._bounded(self._parse_completion, completion)
-        return str(predicted[-1]) if predicted else None
+        return str(predicted[-1]) if isinstance(predicted, list) and predicted else None
 
-    def __call__(self, completion: str, answer: str) -> bool:
+    def judge(self, question: str, completion: str, answer: str) -> Verdict:
         self.checks += 1
-        return bool(self._bounded(self._check, completion, answer))
+        verdict = self._bounded(self._check, completion, answer)
+        return verdict if isinstance(verdict, Verdict) else Verdict(False, verdict)

@@ -63,7 +63,7 @@ class RewardModule(LightningModule):
 
     def correctness(self, completions: list[str], answers: list[str]) -> Tensor:
         """[N] floats in {0, 1}."""
-        return torch.tensor([float(ok) for ok in self.verifier.check_many(completions, answers)])
+        return torch.tensor([float(v.correct) for v in self.verifier.judge_many([""] * len(completions), completions, answers)])
 
     def forward(
         self, completions: list[str], answers: list[str], lengths: Tensor, finish_reasons: list[str], k: int, iteration: int

@@ -76,9 +76,10 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Result:
-    """Per-test verdicts of one program, in test order."""
+    """Per-test verdicts of one program, in test order, and what it printed on each test."""
 
     verdicts: list[str]
+    stdouts: list[str]  # decoded stdout per test ("" when it never ran: compile_error)
 
     def reward(self, mode: str = "all") -> float:
         passed = sum(v == "ok" for v in self.verdicts)
@@ -294,13 +295,17 @@ class Sandbox:
             elif language == "cpp":
                 Path(box, "main.cpp").write_text(program)
                 if not self.compile(box, uid):
-                    return Result(["compile_error"] * len(tests))
+                    return Result(["compile_error"] * len(tests), [""] * len(tests))
                 os.remove(f"{box}/main.cpp")
                 argv = ["/box/main" if self.isolation == "namespaces" else f"{box}/main"]
             else:
                 raise ValueError(f"unknown language {language!r}")
             spec = self.spec(box, uid, argv, self.cpu_seconds, self.memory_mb)
-            return Result([verdict(contain(spec, t.stdin.encode(), self.wall_seconds, self.output_bytes), t.expected, self.cpu_seconds) for t in tests])
+            outcomes = [contain(spec, t.stdin.encode(), self.wall_seconds, self.output_bytes) for t in tests]
+            return Result(
+                [verdict(outcome, t.expected, self.cpu_seconds) for outcome, t in zip(outcomes, tests, strict=True)],
+                [outcome.stdout.decode(errors="replace") for outcome in outcomes],
+            )
         finally:
             shutil.rmtree(box, ignore_errors=True)
             UIDS.put(uid)
