@@ -1,0 +1,1 @@
+print(sum(ch in "aeiou" for ch in input()))

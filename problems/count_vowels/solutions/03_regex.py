@@ -1,0 +1,3 @@
+import re
+
+print(len(re.findall("[aeiou]", input())))

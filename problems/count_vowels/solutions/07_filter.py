@@ -1,0 +1,2 @@
+VOWELS = set("aeiou")
+print(len(list(filter(VOWELS.__contains__, input()))))

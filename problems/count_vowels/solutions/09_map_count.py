@@ -1,0 +1,2 @@
+line = input()
+print(sum(map(line.count, "aeiou")))

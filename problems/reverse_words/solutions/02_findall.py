@@ -1,0 +1,3 @@
+import re
+
+print(" ".join(re.findall("[a-z]+", input())[::-1]))

@@ -1,0 +1,7 @@
+stack = []
+for word in input().split():
+    stack.append(word)
+out = []
+while stack:
+    out.append(stack.pop())
+print(*out)

@@ -1,0 +1,3 @@
+import re
+
+print(" ".join(re.split(" ", input())[::-1]))

@@ -1,0 +1,2 @@
+input()
+print(eval("+".join(input().split())))

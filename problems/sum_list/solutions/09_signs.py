@@ -1,0 +1,5 @@
+input()
+values = list(map(int, input().split()))
+positive = sum(v for v in values if v > 0)
+negative = sum(-v for v in values if v < 0)
+print(positive - negative)
