@@ -19,13 +19,14 @@ from jsonargparse import set_parsing_settings  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-# Lines of jsonargparse's messages that repeat the whole offending config or list the Union
-# alternatives: they bury the line that names the key.
-NOISE = ("Given value:", "Given value type:", "Subtypes:", "- Expected a <class 'NoneType'>")
+# Lines of jsonargparse's messages that repeat the whole offending config, list the Union
+# alternatives or say "a subclass failed" once per nesting level: they bury the line that names
+# the key, which the remaining "Parser key … / Problem with given class_path …" chain leads to.
+NOISE = ("Given value:", "Given value type:", "Subtypes:", "Expected a <class 'NoneType'>", "Does not validate against any of the Union subtypes", "Errors:")
 
 
 def without_noise(message: str) -> str:
-    return "\n".join(line for line in str(message).splitlines() if not line.strip().startswith(NOISE))
+    return "\n".join(line for line in str(message).splitlines() if not line.strip().lstrip("- ").startswith(NOISE))
 
 
 class K15ArgumentParser(LightningArgumentParser):
@@ -47,7 +48,8 @@ class K15CLI(LightningCLI):
         except Exception as error:
             if os.environ.get("K15_TRACEBACK"):
                 raise
-            print(f"k15: error: {type(error).__name__}: {without_noise(error)}", file=sys.stderr)
+            lines = [line.strip() for line in without_noise(error).splitlines() if line.strip()]
+            print(f"k15: error: {type(error).__name__}: {' '.join(lines)}", file=sys.stderr)
             raise SystemExit(2) from None
 
 

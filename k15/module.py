@@ -84,5 +84,5 @@ class LanguageModule(LightningModule):
         ]
         completions = hf_sample(self.model, requests, Sampling(temperature=0.0, banned_token_ids=self.unsampled_token_ids))
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
-        correct = self.reward.correctness(texts, batch.answers)
+        correct, _ = self.reward.judge(batch.prompts, texts, batch.answers)
         self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)

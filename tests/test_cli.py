@@ -93,6 +93,10 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
                 "rollout/tokens_per_s", "train/loss", "train/log_ratio_mean", "train/log_ratio_abs_max", "heldout/accuracy"):
         assert tag in logged, tag
     assert len(logged["rollout/reward"]) == 3
+    # the reward's breakdown: each term's weighted part, and the share of each reason
+    shares = [logged[f"reward/correct/{why}"][-1].value for why in ("match", "mismatch", "no_answer") if f"reward/correct/{why}" in logged]
+    assert abs(sum(shares) - 1) < 1e-6 and logged["reward/correct"][-1].value == logged["rollout/accuracy"][-1].value
+    assert "reward/length" in logged and "reward/repetition/clean" in logged
     assert "rollout/samples/text_summary" in logged["__text__"]
     summary = json.loads((log_dir / "summary.json").read_text())
     assert summary["steps"] == 3 * 2  # iterations × passes_per_iteration (full-batch steps)
@@ -219,7 +223,9 @@ def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
         (["--model.init_args.model.init_args.path=/no/model/here"], ["Pretrained.path", "/no/model/here"]),
         # a model built from config, so the reward is reached even where no SFT export exists (CI)
         (["--model.init_args.model=k15.models.TinyQwen2", "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
-          "--model.init_args.reward.init_args.format_weight=0.5"], ["format_weight", "format_pattern"]),
+          "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.FormatReward, init_args: {weight: 0.5}}]"], ["shaping", "pattern"]),
+        (["--model.init_args.model=k15.models.TinyQwen2", "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
+          "--model.init_args.reward.init_args.shaping=[k15.reward.LengthPenalty, k15.reward.LengthPenalty]"], ["reward.shaping", "length"]),
     ],
 )
 def test_bad_config_is_one_clear_message(override, names):
@@ -260,7 +266,8 @@ def test_vllm_engine_overlay_trains_and_reports_engine_trainer_mismatch(sft_run,
         "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=vllm",
         # a big step that surely happens (the length reward makes every group's rewards differ):
         # a stale engine would then disagree with the trainer by far more than the bounds below
-        "--model.init_args.optimizer.init_args.lr=0.05", "--model.init_args.reward.init_args.length_penalty_weight=1.0",
+        "--model.init_args.optimizer.init_args.lr=0.05",
+        "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 1.0}}]",
         "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run)
     logged = scalars(sft_run / "runs/vllm/version_0")
     assert len(logged["rollout/reward"]) == 2

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-import torch
 
-from k15.reward import RewardModule
+from k15.reward import Responses, RewardModule
 from k15.reward.code import CodeTests, parse_test_cases
 
 ADDITION = json.dumps([{"stdin": f"{a} {b}\n", "expected": f"{a + b}\n"} for a, b in [(1, 2), (10, 5), (0, 0)]])
@@ -42,6 +41,8 @@ def test_test_cases_must_be_a_non_empty_list_of_stdin_expected():
 
 
 def test_reward_module_takes_code_tests_as_its_verifier(code):
-    reward = RewardModule(verifier=code)
-    rewards = reward([RIGHT, WRONG, WRONG, RIGHT], [ADDITION] * 4, torch.tensor([30, 30, 30, 30]), ["stop"] * 4, k=2, iteration=0)
+    completions = [RIGHT, WRONG, WRONG, RIGHT]
+    responses = Responses(["add"] * 4, completions, [ADDITION] * 4, [[0] * 30] * 4, ["stop"] * 4, k=2, iteration=0)
+    rewards = RewardModule(verifier=code)(responses)
     assert rewards.correct.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert rewards.reasons["correct"] == ["pass", "wrong", "wrong", "pass"]

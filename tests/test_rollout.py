@@ -101,7 +101,7 @@ def test_checkpoint_generation_settings_do_not_leak_into_rollouts(tiny_dir):
 
 
 def test_repeating_trajectory_is_cut_marked_and_penalised():
-    from k15.reward import RewardModule
+    from k15.reward import RepetitionPenalty, Responses, RewardModule
     from k15.rollout import RolloutCallback
     from k15.rollout.repetition import RepeatDetector
 
@@ -115,5 +115,7 @@ def test_repeating_trajectory_is_cut_marked_and_penalised():
     going = Trajectory([Segment(0, [7, 8, 9])])
     assert callback.finish_reason(going, Completion([7, 8, 9], "length")) is None  # under the cap: continues
 
-    rewards = RewardModule(repeat_penalty=0.5)(["A:3", "A:3"], ["3", "3"], torch.tensor([4, 9]), ["stop", "repeat"], k=2, iteration=0)
+    responses = Responses(["Q:1+2="] * 2, ["A:3", "A:3"], ["3", "3"], [[1] * 4, [2] * 9], ["stop", "repeat"], k=2, iteration=0)
+    rewards = RewardModule(shaping=[RepetitionPenalty(weight=0.5)])(responses)
     assert rewards.total.tolist() == [[1.0, 0.5]] and rewards.correct.tolist() == [[1.0, 1.0]]
+    assert rewards.reasons["repetition"] == ["clean", "looped"]

@@ -1,14 +1,24 @@
-"""RewardModule: correctness from a verifier, plus the k1.5 length penalty and shaping.
+"""RewardModule: the reward of every response, a weighted sum of terms, with its breakdown (k1.5 §2.3).
 
-    r_j = 1[verifier(y_j) = answer] + w(i) · len_reward_j − c · 1[y_j was stopped for repeating]
-          + f · 1[y_j has the expected format]
+    r_j = 1[verifier judges y_j correct] + Σ_c w_c(i) · s_c(y_j)
 
-with w(i) = 0 for i < warmup, else weight (len_reward_j from ``k15.reward.shaping.length_reward``).
-Thin: the math lives in pure functions.
+The verifier (a rule check, code tests or a reward model) decides correctness: it is what the
+held-out accuracy, the curriculum's success rates and the length reward read. The shaping terms
+(``k15.reward.terms``: length, repetition, format, …) add to it. Every term returns a score and a
+reason per response; ``Rewards`` keeps each term's weighted part and reasons, so a run logs why its
+rewards are what they are. Swapping the math checker for a reward model is a YAML edit:
+
+    reward:
+      class_path: k15.reward.RewardModule
+      init_args:
+        verifier: {class_path: k15.reward.math.MathVerify}
+        shaping:
+          - {class_path: k15.reward.LengthPenalty, init_args: {weight: 0.1, warmup_iterations: 10}}
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -16,63 +26,60 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from k15.reward.answer import FinalAnswerMatch, Verifier
-from k15.reward.shaping import format_reward, length_reward
+from k15.reward.terms import Responses, Shaping
 
 
 @dataclass
 class Rewards:
-    """Per-trajectory rewards, each [P, k]."""
+    """Per-response rewards [P, k], and each term's part of them."""
 
-    total: Tensor
-    correct: Tensor
-    length: Tensor
-    format: Tensor
+    total: Tensor  # r_j
+    correct: Tensor  # 1[correct_j]
+    parts: dict[str, Tensor]  # term name → w_c(i) · s_c [P, k]; "correct" → 1[correct_j]
+    reasons: dict[str, list[str]]  # term name → [N] why each response scored as it did
+
+    def breakdown(self) -> dict[str, float]:
+        """``reward/<term>``: mean weighted part; ``reward/<term>/<reason>``: share of responses."""
+        out = {f"reward/{name}": float(part.mean()) for name, part in self.parts.items()}
+        for name, reasons in self.reasons.items():
+            out |= {f"reward/{name}/{reason}": count / len(reasons) for reason, count in sorted(Counter(reasons).items())}
+        return out
+
+    def explain(self, n: int) -> str:
+        """Response n's reward as its parts, e.g. ``1.10 = correct 1.00 (match) + length 0.10 (bonus)``."""
+        parts = " + ".join(f"{name} {float(part.flatten()[n]):.2f} ({self.reasons[name][n]})" for name, part in self.parts.items())
+        return f"{float(self.total.flatten()[n]):.2f} = {parts}"
 
 
 class RewardModule(LightningModule):
-    """Scores the k completions of each prompt.
+    """Scores the k responses of each prompt.
 
     Args:
-        verifier: decides correctness of one completion against the reference answer.
-        length_penalty_weight: weight of the k1.5 length reward (0 turns it off).
-        length_penalty_warmup_iterations: RL iterations before the length reward switches on.
-        repeat_penalty: c, subtracted from trajectories stopped for repeating themselves.
-        format_pattern: a regular expression a well-formed completion matches in full (None: no
-            format reward), e.g. ``"[0-9+=,]*A:[0-9]+"`` for the tiny task.
-        format_weight: f, the format reward's weight.
+        verifier: judges each response correct or not (``FinalAnswerMatch``, ``MathVerify``,
+            ``CodeTests``, a reward model …).
+        shaping: weighted terms added to correctness (``LengthPenalty``, ``RepetitionPenalty``,
+            ``FormatReward`` …), at most one of each kind.
     """
 
-    def __init__(
-        self,
-        verifier: Verifier | None = None,
-        length_penalty_weight: float = 0.0,
-        length_penalty_warmup_iterations: int = 0,
-        repeat_penalty: float = 0.0,
-        format_pattern: str | None = None,
-        format_weight: float = 0.0,
-    ):
+    def __init__(self, verifier: Verifier | None = None, shaping: list[Shaping] | None = None):
         super().__init__()
         self.verifier = verifier or FinalAnswerMatch()
-        self.length_penalty_weight = length_penalty_weight
-        self.length_penalty_warmup_iterations = length_penalty_warmup_iterations
-        self.repeat_penalty = repeat_penalty
-        if format_weight and format_pattern is None:
-            raise ValueError("reward.format_weight needs a reward.format_pattern to score against")
-        self.format_pattern = format_pattern
-        self.format_weight = format_weight
+        self.shaping = list(shaping or [])
+        names = [term.name for term in self.shaping]
+        if "correct" in names or len(set(names)) < len(names):
+            raise ValueError(f"reward.shaping: each term at most once, and none named 'correct'; got {names}")
 
-    def correctness(self, completions: list[str], answers: list[str]) -> Tensor:
-        """[N] floats in {0, 1}."""
-        return torch.tensor([float(v.correct) for v in self.verifier.judge_many([""] * len(completions), completions, answers)])
+    def judge(self, questions: list[str], completions: list[str], answers: list[str]) -> tuple[Tensor, list[str]]:
+        """1[correct] as [N] floats, and the verifier's reasons."""
+        verdicts = self.verifier.judge_many(questions, completions, answers)
+        return torch.tensor([float(v.correct) for v in verdicts]), [v.reason for v in verdicts]
 
-    def forward(
-        self, completions: list[str], answers: list[str], lengths: Tensor, finish_reasons: list[str], k: int, iteration: int
-    ) -> Rewards:
-        """completions, answers, finish_reasons: N = P·k, prompt-major; lengths: [N] response tokens."""
-        correct = self.correctness(completions, answers).view(-1, k)
-        length = length_reward(lengths.view(-1, k), correct)
-        weight = self.length_penalty_weight if iteration >= self.length_penalty_warmup_iterations else 0.0
-        repeated = torch.tensor([reason == "repeat" for reason in finish_reasons], dtype=torch.float32).view(-1, k)
-        formatted = (format_reward(completions, self.format_pattern) if self.format_pattern else torch.ones(len(completions))).view(-1, k)
-        total = correct + weight * length - self.repeat_penalty * repeated + self.format_weight * formatted
-        return Rewards(total=total, correct=correct, length=length, format=formatted)
+    def forward(self, responses: Responses) -> Rewards:
+        correct, why = self.judge(responses.questions, responses.completions, responses.answers)
+        correct = correct.view(-1, responses.k)
+        parts, reasons = {"correct": correct}, {"correct": why}
+        for term in self.shaping:
+            scores = term.score(responses, correct)
+            parts[term.name] = term.weight_at(responses.iteration) * scores.values
+            reasons[term.name] = scores.reasons
+        return Rewards(total=sum(parts.values()), correct=correct, parts=parts, reasons=reasons)

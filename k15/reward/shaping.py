@@ -1,4 +1,4 @@
-"""Reward shaping: pure functions, no framework.
+"""Reward shaping: pure functions, no framework (``k15.reward.terms`` wraps them as reward terms).
 
 Length penalty (paper §2.3.3). Among the k samples of one prompt, with len_j the response length:
 
@@ -37,3 +37,17 @@ def format_reward(completions: list[str], pattern: str) -> Tensor:
     """
     compiled = re.compile(pattern, re.DOTALL)
     return torch.tensor([float(compiled.fullmatch(c) is not None) for c in completions])
+
+
+def repeated_ngram_share(tokens: list[int], n: int) -> float:
+    """ρ = share of a response's n-grams that repeat an earlier n-gram of the same response.
+
+        g_t = (y_t, …, y_{t+n−1}),  t = 0 … L−n
+        ρ   = |{t : g_t ∈ {g_0, …, g_{t−1}}}| / (L − n + 1)            (ρ = 0 when L < n)
+
+    0 for a response with no repeated n-gram; → 1 for one that loops on a short block (a block of
+    b ≥ n tokens repeated m times gives ρ = 1 − b / (m·b − n + 1) when its n-grams are distinct).
+    Choose n longer than the phrases a good response legitimately repeats.
+    """
+    grams = [tuple(tokens[t : t + n]) for t in range(len(tokens) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0

@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from k15.data.prompts import PromptBatch
+from k15.reward.terms import Responses
 from k15.rollout.batch import Rollout, pack_trajectories
 from k15.rollout.engine import Completion, Engine, Request, Sampling
 from k15.rollout.repetition import RepeatDetector
@@ -47,7 +48,7 @@ class RolloutCallback(Callback):
         seed: sample j of iteration i is seeded ``seed + i·2²⁰ + j``, so a resumed run samples as
             the original.
         repeat_detector: stops a trajectory where it starts looping and marks it ``repeat``
-            (None: off). The reward's ``repeat_penalty`` then applies.
+            (None: off). A ``RepetitionPenalty`` reward term then penalises it.
         text_samples_every_n_iterations: log a few completions as TensorBoard text this often.
     """
 
@@ -174,8 +175,16 @@ class RolloutCallback(Callback):
         trajectories = [t for g in groups for t in g.trajectories]
         texts = tokenizer.batch_decode([t.token_ids for t in trajectories], skip_special_tokens=True)
         lengths = torch.tensor([len(t) for t in trajectories])
-        answers = [g.answer for g in groups for _ in range(k)]
         finish_reasons = [t.finish_reason for t in trajectories]
+        responses = Responses(
+            questions=[g.prompt for g in groups for _ in range(k)],
+            completions=texts,
+            answers=[g.answer for g in groups for _ in range(k)],
+            token_ids=[t.token_ids for t in trajectories],
+            finish_reasons=finish_reasons,
+            k=k,
+            iteration=iteration,
+        )
         input_ids, attention_mask, versions, engine_logprobs = pack_trajectories(groups, tokenizer.pad_token_id)
         in_loss = versions == iteration if self.segments_in_loss == "newest" else versions >= 0
         return Rollout(
@@ -183,7 +192,7 @@ class RolloutCallback(Callback):
             attention_mask=attention_mask,
             loss_mask=in_loss.float(),
             versions=versions,
-            rewards=reward(texts, answers, lengths, finish_reasons, k, iteration),
+            rewards=reward(responses),
             completion_lengths=lengths,
             finish_reasons=finish_reasons,
             texts=texts,
@@ -210,7 +219,6 @@ class RolloutCallback(Callback):
             metrics |= {
                 "rollout/reward": rollout.rewards.total.mean(),
                 "rollout/accuracy": rollout.rewards.correct.mean(),
-                "rollout/format_ok": rollout.rewards.format.mean(),
                 "rollout/response_len_mean": lengths.mean(),
                 "rollout/response_len_max": lengths.max(),
                 "rollout/groups_finished": float(len(rollout.prompts)),
@@ -218,13 +226,13 @@ class RolloutCallback(Callback):
                 "rollout/stale_token_share": ((rollout.versions < iteration) & completion).sum() / completion.sum(),
                 # groups whose k rewards differ: the only ones that carry a learning signal
                 "rollout/mixed_groups": (rollout.rewards.total.std(dim=1) > 0).float().mean(),
-            }
+            } | rollout.rewards.breakdown()
             pl_module.log_dict({"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]}, prog_bar=True, logger=False, batch_size=1)
         pl_module.log_dict(metrics, batch_size=1)
         if rollout is not None and isinstance(trainer.logger, TensorBoardLogger) and iteration % self.text_samples_every_n_iterations == 0:
             k = rollout.samples_per_prompt
             lines = [
-                f"`{rollout.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.total.flatten()[n]:.2f})"
+                f"`{rollout.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.explain(n)})"
                 for n in range(0, min(len(rollout.texts), 4 * k), k)
             ]
             trainer.logger.experiment.add_text("rollout/samples", "\n\n".join(lines), global_step=trainer.global_step)
