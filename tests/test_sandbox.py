@@ -187,6 +187,70 @@ def test_probe_of_own_sandbox(contained):
     assert contained.run(program, [Case("", expected)]).verdicts == ["ok"]
 
 
+def test_each_test_starts_clean(contained):
+    """Tests share a warm cell: none sees files or processes the one before it left behind."""
+    program = """import os, time
+try:
+    os.kill(-1, 0)  # reaches any other process of our uid
+    print('company')
+except ProcessLookupError:
+    print('alone')
+print(sorted(os.listdir('.')), sorted(os.listdir('/tmp')))
+open('left.txt', 'w').write('x')
+open('/tmp/left2.txt', 'w').write('x')
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(30)"""
+    clean = "alone\n['main.py'] ['main.py']"
+    assert contained.run(program, [Case("", clean)] * 3).verdicts == ["ok"] * 3
+    assert contained.run("import os\nprint(os.listdir('.'))", [Case("", "['main.py']")]).verdicts == ["ok"]
+
+
+def test_ipc_objects_cannot_be_made(contained):
+    """System V IPC objects and POSIX message queues would outlive a test in the cell's namespace."""
+    calls = ["shmget(4242, 4096, 0o1666)", "msgget(4242, 0o1666)", "semget(4242, 1, 0o1666)", "mq_open(b'/k15', 0o102, 0o666, None)"]
+    program = blocked(*(f"import ctypes; assert ctypes.CDLL(None).{call} != -1" for call in calls))
+    assert contained.run(program, [Case("", "blocked\n" * len(calls))]).verdicts == ["ok"]
+
+
+def test_other_tests_stdin_is_not_in_memory(sandbox):
+    """The warm interpreter a test runs in holds no other test's stdin: the program scans every
+    readable page within 2 MB of its objects and of libc (a write() from an unmapped page fails
+    with EFAULT instead of crashing) for another test's marker."""
+    program = """import ctypes, gc, os, sys
+own = sys.stdin.read().encode()
+needle = ('SEC' + 'RET-').encode()
+libc = ctypes.CDLL(None, use_errno=True)
+write = ctypes.cast(libc.write, ctypes.c_void_p).value
+chunks = {id(o) >> 20 for o in gc.get_objects()} | {write >> 20, id(own) >> 20}
+r, w = os.pipe()
+seen = set()
+for chunk in {c + d for c in chunks for d in range(-2, 3)}:
+    for page in range(chunk << 20, (chunk + 1) << 20, 4096):
+        n = libc.write(w, ctypes.c_void_p(page), 4096)
+        data = os.read(r, n) if n > 0 else b''
+        at = data.find(needle)
+        while at >= 0:
+            seen.add(data[at + len(needle) : at + len(needle) + 2])
+            at = data.find(needle, at + 1)
+print(sorted(t for t in seen - {own[len(needle) : len(needle) + 2]} if t[:1].isdigit() and t[1:] == b'-'))"""
+    tests = [Case(f"SECRET-{i}-{uuid.uuid4().hex}", "[]") for i in range(3)]
+    assert sandbox.run(program, tests).verdicts == ["ok"] * 3
+    assert sandbox.run(program, [Case("SECRET-7-x", "[]")]).verdicts == ["ok"]  # nor an earlier program's
+
+
+def test_python_runs_as_a_fresh_interpreter_would(contained):
+    """What ``python -S -I -B main.py`` in /box shows a program: names, argv, exit statuses, and the
+    flush at shutdown of stdout and of a file object the program left open."""
+    program = "import sys, os\nprint(__name__, __file__, sys.argv, os.getcwd(), 'site' in sys.modules)\nout = open(1, 'w')\nout.write('kept open\\n')"
+    expected = "__main__ /box/main.py ['main.py'] /box False\nkept open"
+    assert contained.run(program, [Case("", expected)]).verdicts == ["ok"]
+    for ending, expected_verdict in [("raise SystemExit('bye')", "runtime_error"), ("raise SystemExit(3)", "runtime_error"), ("import sys\nsys.exit()", "ok")]:
+        program = f"import atexit\natexit.register(lambda: print('atexit'))\n{ending}"
+        assert contained.run(program, [Case("", "atexit")]).verdicts == [expected_verdict]
+    assert contained.run("import sys\nsys.stdout.write('x')\nimport os\nos.close(1)", ONE).verdicts == ["runtime_error"]  # status 120
+
+
 # ---- correctness ------------------------------------------------------------------------------
 
 

@@ -3,12 +3,18 @@
     reward = 1[every test's verdict is "ok"]            (mode "all", the paper's)
            = (# "ok") / (# tests)                       (mode "fraction")
 
-Each test runs the program in a fresh process contained by ``k15/reward/isolation.py``: a fork
-server started once per host process, which forks a launcher per run that builds namespaces, a bare
-read-only root, rlimits and an unprivileged uid (its docstring says what is and is not contained in
-each mode). This module is the host side: it asks the server for a run, feeds stdin, reads
-stdout/stderr with a cap, enforces the wall clock, and turns what happened into a verdict. A thread
-pool runs many programs at once. Bad programs never raise; a broken sandbox does.
+Each test runs the program in a fresh process inside a "cell" (``k15/reward/cell.py``): a warm
+Python interpreter already inside its own namespaces and bare read-only root, started by a fork
+server (``k15/reward/isolation.py``, once per host process) and kept for the life of the host
+process, one per thread that runs programs. For each test the cell forks a child that takes the
+test's rlimits, a fresh working directory and a fresh unprivileged uid, then runs the Python program
+in the inherited interpreter (no interpreter start-up) or execs the compiled C++ binary; the cell
+enforces the wall clock and output cap and kills whatever the test left before it answers. Those
+two files say what is and is not contained in each mode ("namespaces", else "rlimits-only") and
+what a program can observe of the warm interpreter. This module is the host side: it sends a
+program with all its tests' stdin to an idle cell in one request (never the expected outputs), and
+turns the statuses and outputs of the reply into verdicts. A thread pool runs many programs at
+once. Bad programs never raise; a broken sandbox does.
 
 Verdicts, first match wins:
     output_limit   stdout or stderr passed ``output_bytes`` (the process is killed at once)
@@ -25,10 +31,11 @@ Verdicts, first match wins:
 
 from __future__ import annotations
 
+import atexit
 import marshal
 import os
 import queue
-import selectors
+import select
 import shutil
 import signal
 import socket
@@ -114,7 +121,7 @@ def verdict(outcome: Outcome, expected: str, cpu_seconds: float) -> str:
 
 
 class Launcher:
-    """The fork server (``isolation.py``), started once per host process, shared by all threads."""
+    """The fork server (``isolation.py``), started once per host process; it starts the cells."""
 
     def __init__(self):
         self.channel, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -126,7 +133,7 @@ class Launcher:
         self.lock = threading.Lock()
 
     def start(self, spec: dict, fds: list[int]) -> int:
-        """Start one run with fds (stdin, stdout, stderr, status); returns its process group."""
+        """Start one cell with fds (requests, replies, errors); returns its process group."""
         with self.lock:
             socket.send_fds(self.channel, [marshal.dumps(spec)], fds)
             return marshal.loads(self.channel.recv(64))
@@ -138,99 +145,120 @@ def launcher() -> Launcher:
     return Launcher()
 
 
-def contain(spec: dict, stdin: bytes, wall_seconds: float, output_bytes: int) -> Outcome:
-    """One run: feed stdin, read stdout/stderr/status until all close, the cap or the deadline.
+class Cell:
+    """One warm contained interpreter (``cell.py``) and the pipes to it; one thread uses it at a time."""
 
-    On the deadline or the cap the run's process group (launcher and init) is killed; init's
-    death empties the pid namespace."""
-    pipes = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, status: (read, write)
-    deadline = time.monotonic() + wall_seconds
-    theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
-    try:
-        group = launcher().start(spec, theirs)
-    except OSError:
-        for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
-            os.close(fd)
-        raise
-    finally:
-        for fd in theirs:
-            os.close(fd)
-    stdin_fd, readers = pipes[0][1], {pipes[1][0]: bytearray(), pipes[2][0]: bytearray(), pipes[3][0]: bytearray()}
-    wall_exceeded = output_exceeded = False
-    with selectors.DefaultSelector() as selector:
-        for fd in readers:
-            selector.register(fd, selectors.EVENT_READ)
-        if stdin:
-            os.set_blocking(stdin_fd, False)
-            selector.register(stdin_fd, selectors.EVENT_WRITE)
-        else:
-            os.close(stdin_fd)
-        view = memoryview(stdin)
-        while selector.get_map() and not (wall_exceeded or output_exceeded):
-            left = deadline - time.monotonic()
-            wall_exceeded = left <= 0
-            for key, _ in selector.select(max(left, 0)):
-                if key.fd == stdin_fd:
-                    try:
-                        view = view[os.write(stdin_fd, view[:65536]) :]
-                    except BrokenPipeError:  # the program stopped reading: its business
-                        view = view[:0]
-                    if not view:
-                        selector.unregister(stdin_fd)
-                        os.close(stdin_fd)
-                    continue
-                data = os.read(key.fd, 65536)
-                if not data:
-                    selector.unregister(key.fd)
-                    continue
-                readers[key.fd] += data
-                output_exceeded = output_exceeded or len(readers[key.fd]) > output_bytes
-        if stdin_fd in selector.get_map():
-            os.close(stdin_fd)
-    for fd in readers:
-        os.close(fd)
-    stdout, stderr, status = (bytes(chunks) for chunks in readers.values())
-    if wall_exceeded or output_exceeded:
+    def __init__(self, mode: str):
+        python, binds = default_python()
+        self.mode, self.home = mode, tempfile.mkdtemp(prefix="k15-cell-")
+        os.chmod(self.home, 0o711)  # "rlimits-only": a test's uid must reach its folder inside
+        requests, self.requests = os.pipe()
+        self.replies, replies = os.pipe()
+        self.errors, errors = os.pipe()
+        os.set_blocking(self.errors, False)
+        spec = {"mode": mode, "home": self.home, "python": python, "binds": binds, "env": ENV}
         try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:  # it ended on its own meanwhile
-            pass
-    wait_until_gone(group)
-    if wall_exceeded or output_exceeded:
-        return Outcome(stdout[:output_bytes], stderr[:output_bytes], None, signal.SIGKILL, 0.0, wall_exceeded, output_exceeded)
-    if not status:
-        raise RuntimeError(f"sandbox launcher failed: {stderr[-2000:].decode(errors='replace')}")
-    report = marshal.loads(status)
-    return Outcome(stdout, stderr, report.get("exit"), report.get("signal"), report["cpu"])
+            self.group = launcher().start(spec, [requests, replies, errors])
+        finally:
+            for fd in (requests, replies, errors):
+                os.close(fd)
 
-
-def wait_until_gone(group: int, patience: float = 5.0) -> None:
-    """Until the run's process group is reaped, so nothing outlives its verdict.
-
-    The launcher and init stay in the group; init is reaped only after the kernel has killed
-    the rest of its pid namespace (the server, a child subreaper ignoring SIGCHLD, reaps them)."""
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
+    def ask(self, job: dict, payload: list[bytes], patience: float) -> tuple[dict, bytes]:
+        """Send one program's job, return the cell's reply and the tests' stdout/stderr bytes."""
+        header = marshal.dumps(job)
+        deadline = time.monotonic() + patience
         try:
-            os.killpg(group, 0)
+            write_all(self.requests, b"".join([len(header).to_bytes(4, "little"), header, *payload]))
+            reply = marshal.loads(self.read(int.from_bytes(self.read(4, deadline), "little"), deadline))
+            outputs = self.read(sum(run[-1] + run[-2] for run in reply["runs"]), deadline)
+        except (OSError, EOFError, TimeoutError) as error:
+            raise RuntimeError(f"sandbox cell failed ({error!r}): {self.failure()}") from error
+        if self.mode == "rlimits-only":  # the tests' folders; "namespaces" unmounts its own
+            for name in os.listdir(self.home):
+                shutil.rmtree(f"{self.home}/{name}", ignore_errors=True)
+        return reply, outputs
+
+    def read(self, size: int, deadline: float) -> bytes:
+        data, poller = bytearray(), select.poll()
+        poller.register(self.replies, select.POLLIN)
+        while len(data) < size:
+            if not poller.poll(max(deadline - time.monotonic(), 0) * 1000):
+                raise TimeoutError("no reply in time")
+            chunk = os.read(self.replies, size - len(data))
+            if not chunk:
+                raise EOFError("the cell exited")
+            data += chunk
+        return bytes(data)
+
+    def failure(self) -> str:
+        try:
+            return os.read(self.errors, 1 << 16).decode(errors="replace")[-2000:]
+        except BlockingIOError:
+            return ""
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.group, signal.SIGKILL)  # the launcher and the cell; the cell's namespace with it
         except ProcessLookupError:
-            return
-        time.sleep(0.001)
+            pass
+        for fd in (self.requests, self.replies, self.errors):
+            os.close(fd)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# Idle cells per mode, and every cell made, closed when the host process exits
+IDLE = {"namespaces": queue.SimpleQueue(), "rlimits-only": queue.SimpleQueue()}
+CELLS: list[Cell] = []
+
+
+def borrow(mode: str) -> Cell:
+    try:
+        return IDLE[mode].get_nowait()
+    except queue.Empty:
+        cell = Cell(mode)
+        CELLS.append(cell)
+        return cell
+
+
+@atexit.register
+def close_cells(owner: int = os.getpid()) -> None:
+    if os.getpid() == owner:  # not in a forked copy of this process: the cells are not its own
+        for cell in CELLS:
+            cell.close()
+
+
+def run_on_cell(mode: str, job: dict, payload: list[bytes], patience: float) -> tuple[dict, bytes]:
+    """One job on an idle cell (a new one when none is idle); a cell that failed is closed."""
+    cell = borrow(mode)
+    try:
+        reply = cell.ask(job, payload, patience)
+    except RuntimeError:
+        CELLS.remove(cell)
+        cell.close()
+        raise
+    IDLE[mode].put(cell)
+    return reply
 
 
 @cache
 def isolation_mode() -> str:
     """The isolation this machine allows, probed once: "namespaces", else "rlimits-only"."""
-    box = tempfile.mkdtemp(prefix="k15-sandbox-")
+    uid = UIDS.get()
+    limits = {"cpu": 2, "memory": 1 << 28, "file": 1 << 20, "processes": 4, "open_files": 16}
+    job = {"uid": uid, "language": "python", "program": 9, "stdins": [0], "limits": limits, "wall": 10.0, "output_bytes": 64, "scratch": 1 << 20}
     try:
-        spec = {"mode": "namespaces", "box": box, "argv": ["/usr/bin/true"], "env": {}, "uid": UIDS.queue[0], "binds": [], "scratch": 1 << 20, "copy_out": []}
-        spec["limits"] = {"cpu": 2, "memory": 1 << 28, "file": 1 << 20, "processes": 4, "open_files": 16}
-        outcome = contain(spec, b"", 10.0, 4096)
-        return "namespaces" if outcome.exit == 0 else "rlimits-only"
+        reply, outputs = run_on_cell("namespaces", job, [b"print(42)"], 20.0)
+        return "namespaces" if reply["runs"][0][0] == 0 and outputs.startswith(b"42") else "rlimits-only"
     except (OSError, RuntimeError):
         return "rlimits-only"
     finally:
-        shutil.rmtree(box, ignore_errors=True)
+        UIDS.put(uid)
 
 
 def default_python() -> tuple[str, list[str]]:
@@ -276,46 +304,40 @@ class Sandbox:
         self.compile_seconds, self.compile_memory_mb = compile_seconds, compile_memory_mb
         self.workers = workers or os.cpu_count() or 1
         self.isolation = isolation_mode()
-        self.python, self.binds = default_python()
 
-    def spec(self, box: str, uid: int, argv: list[str], cpu: int, memory_mb: int, copy_out: list[str] = ()) -> dict:
-        limits = {"cpu": cpu, "memory": memory_mb << 20, "file": self.file_bytes, "processes": self.max_processes, "open_files": self.max_open_files}
-        return {
-            "mode": self.isolation, "box": box, "argv": argv, "env": ENV, "uid": uid, "binds": self.binds,
-            "scratch": self.scratch_bytes, "copy_out": list(copy_out), "limits": limits,
-        }  # fmt: skip
+    def limits(self, cpu_seconds: int, memory_mb: int) -> dict:
+        return {"cpu": cpu_seconds, "memory": memory_mb << 20, "file": self.file_bytes, "processes": self.max_processes, "open_files": self.max_open_files}
 
     def run(self, program: str, tests: list[TestCase], language: str = "python") -> Result:
         """Verdicts of ``program`` on each test; never raises for a bad program."""
-        uid, box = UIDS.get(), tempfile.mkdtemp(prefix="k15-sandbox-")
+        if language not in ("python", "cpp"):
+            raise ValueError(f"unknown language {language!r}")
+        source, stdins = program.encode(), [t.stdin.encode() for t in tests]
+        compile_ = {"argv": ["/usr/bin/g++", "-O2", "-std=c++17", "-pipe", "-o", "main", "main.cpp"], "wall": 2 * self.compile_seconds}
+        compile_["limits"] = self.limits(self.compile_seconds, self.compile_memory_mb)
+        uid = UIDS.get()
+        job = {
+            "uid": uid, "language": language, "program": len(source), "stdins": [len(s) for s in stdins],
+            "limits": self.limits(self.cpu_seconds, self.memory_mb), "wall": self.wall_seconds,
+            "output_bytes": self.output_bytes, "scratch": self.scratch_bytes, "compile": compile_,
+        }  # fmt: skip
+        patience = 10 + compile_["wall"] + len(tests) * (self.wall_seconds + 2)  # the cell keeps time; this is for a broken one
         try:
-            if language == "python":
-                Path(box, "main.py").write_text(program)
-                argv = [self.python, "-S", "-I", "-B", "main.py"]  # stdlib only, no env: starts ~5 ms sooner
-            elif language == "cpp":
-                Path(box, "main.cpp").write_text(program)
-                if not self.compile(box, uid):
-                    return Result(["compile_error"] * len(tests), [""] * len(tests))
-                os.remove(f"{box}/main.cpp")
-                argv = ["/box/main" if self.isolation == "namespaces" else f"{box}/main"]
-            else:
-                raise ValueError(f"unknown language {language!r}")
-            spec = self.spec(box, uid, argv, self.cpu_seconds, self.memory_mb)
-            outcomes = [contain(spec, t.stdin.encode(), self.wall_seconds, self.output_bytes) for t in tests]
-            return Result(
-                [verdict(outcome, t.expected, self.cpu_seconds) for outcome, t in zip(outcomes, tests, strict=True)],
-                [outcome.stdout.decode(errors="replace") for outcome in outcomes],
-            )
+            reply, outputs = run_on_cell(self.isolation, job, [source, *stdins], patience)
         finally:
-            shutil.rmtree(box, ignore_errors=True)
-            UIDS.put(uid)
-
-    def compile(self, box: str, uid: int) -> bool:
-        """g++ -O2 -std=c++17 inside the same containment; True when ``main`` was produced."""
-        argv = ["/usr/bin/g++", "-O2", "-std=c++17", "-pipe", "-o", "main", "main.cpp"]
-        spec = self.spec(box, uid, argv, self.compile_seconds, self.compile_memory_mb, copy_out=["main"])
-        outcome = contain(spec, b"", 2 * self.compile_seconds, self.output_bytes)
-        return outcome.exit == 0 and os.path.isfile(f"{box}/main")
+            UIDS.put(uid)  # the cell replies only when nothing of this uid runs any more (or is dead)
+        if not reply["compiled"]:
+            return Result(["compile_error"] * len(tests), [""] * len(tests))
+        outcomes, position = [], 0
+        for code, signal_, cpu, wall_exceeded, output_exceeded, stdout_bytes, stderr_bytes in reply["runs"]:
+            stdout = outputs[position : position + min(stdout_bytes, self.output_bytes)]
+            stderr = outputs[position + stdout_bytes : position + stdout_bytes + min(stderr_bytes, self.output_bytes)]
+            outcomes.append(Outcome(stdout, stderr, code, signal_, cpu, wall_exceeded, output_exceeded))
+            position += stdout_bytes + stderr_bytes
+        return Result(
+            [verdict(outcome, t.expected, self.cpu_seconds) for outcome, t in zip(outcomes, tests, strict=True)],
+            [outcome.stdout.decode(errors="replace") for outcome in outcomes],
+        )
 
     def run_many(self, jobs: list[tuple[str, list[TestCase], str]]) -> list[Result]:
         """``run`` on each (program, tests, language), ``workers`` at a time, in order."""

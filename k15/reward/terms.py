@@ -107,7 +107,7 @@ class RepetitionPenalty(Shaping):
         values, reasons = [], []
         for tokens, finish in zip(responses.token_ids, responses.finish_reasons, strict=True):
             share = 1.0 if finish == "repeat" else repeated_ngram_share(tokens, self.ngram) if self.ngram else 0.0
-            values.append(-share)
+            values.append(0.0 - share)  # +0.0, not −0.0, for a clean response
             reasons.append("looped" if finish == "repeat" else "repeats" if share > 0 else "clean")
         return Scores(torch.tensor(values).view(-1, responses.k), reasons)
 
