@@ -31,7 +31,8 @@ METRIC = "heldout/accuracy"
 def batch_tokens(batch: PromptBatch | SFTBatch) -> int:
     if isinstance(batch, SFTBatch):
         return int((batch.labels != IGNORE_INDEX).sum())
-    return 0 if batch.rollout is None else batch.rollout.num_tokens  # None: no group finished (partial rollouts)
+    rollout = getattr(batch, "rollout", None)  # None: no group finished (partial rollouts), or not an RL batch
+    return 0 if rollout is None else rollout.num_tokens
 
 
 def percentile(values: list[float], q: int) -> float | None:
