@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from k15.data.arithmetic import ALPHABET
-from k15.data.prompts import BatchStream, ShardDataModule
+from k15.data.prompts import BatchStream
+from k15.data.sft import SFTDataModule
 from k15.reward.answer import FinalAnswerMatch
 
 # The reference comes last, next to where a generative judge starts writing: placed before the
@@ -102,21 +103,11 @@ def judging_batch(records: list[dict]) -> JudgingBatch:
     )
 
 
-class JudgingDataModule(ShardDataModule):
+class JudgingDataModule(SFTDataModule):
     """Labelled judging records for a scalar reward model: ``steps`` batches of
     ``examples_per_step`` per epoch; the held-out set (``heldout_prompts`` records) scored as
-    ``JudgingBatch`` es too.
-
-    Args:
-        examples_per_step: judging records per optimizer step.
-        steps: optimizer steps per epoch.
-        **kwargs: see ``ShardDataModule`` (``heldout_prompts``: held-out records per evaluation).
+    ``JudgingBatch`` es too. Arguments: see ``SFTDataModule``.
     """
-
-    def __init__(self, *args, examples_per_step: int = 64, steps: int = 300, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.examples_per_step = examples_per_step
-        self.steps = steps
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(BatchStream(self.train_records, judging_batch, self.examples_per_step, self.steps), batch_size=None)
