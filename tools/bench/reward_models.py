@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,18 +35,9 @@ from k15.reward.generative_rm import GenerativeRM
 from k15.reward.scalar_rm import ScalarRM
 from k15.rollout.engine import Request, Sampling
 from k15.rollout.hf import hf_sample
+from timing import median_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def agreement(judge: Verifier, rows: list[dict]) -> dict:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -32,18 +30,9 @@ from k15.models import TinyQwen2
 from k15.reward import RewardModule
 from k15.rollout import HFEngine, RolloutCallback
 from k15.rollout.vllm import VLLMEngine
+from timing import median_seconds
 
 SHARDS = Path(__file__).resolve().parents[2] / "shards" / "addition"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
