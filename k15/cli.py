@@ -15,9 +15,14 @@ import sys
 # slowed the tiny model's matmuls 7–100x here. Only takes effect if torch is not yet loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import signal  # noqa: E402
+
 from jsonargparse import set_parsing_settings  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
+
+from k15.errors import K15Error  # noqa: E402
 
 # Lines of jsonargparse's messages that repeat the whole offending config, list the Union
 # alternatives or say "a subclass failed" once per nesting level: they bury the line that names
@@ -54,7 +59,22 @@ class K15CLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run the CLI. A ``K15Error`` met while running (bad data, a run that stopped itself: non-finite
+    updates, a signal) ends it with one ``k15: error:`` line and the error's exit code."""
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    try:
+        run(args)
+    except K15Error as error:
+        if os.environ.get("K15_TRACEBACK"):
+            raise
+        print(f"k15: error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except SIGTERMException:  # Lightning's own stop, for a SIGTERM that arrived before training began
+        print("k15: error: stopped by SIGTERM before the first training step; nothing to save", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+
+
+def run(args: list[str] | None) -> None:
     K15CLI(
         LightningModule,
         LightningDataModule,

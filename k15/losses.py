@@ -13,6 +13,8 @@ YAML (``loss: {class_path: GRPOLoss}``), so swapping the loss is one key.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,13 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tens
 
 
 class PolicyLoss:
-    """A loss = how rewards become advantages + how log-probs and advantages become a scalar."""
+    """A loss = how rewards become advantages + how log-probs and advantages become a scalar.
+
+    ``group_baseline``: the advantages compare a prompt's k samples with each other, so k = 1 gives
+    every trajectory advantage 0 and nothing is learned (the policy refuses k < 2).
+    """
+
+    group_baseline = True
 
     def advantages(self, rewards: Tensor) -> Tensor:
         raise NotImplementedError
@@ -79,6 +87,8 @@ class KimiLoss(PolicyLoss):
     """
 
     def __init__(self, tau: float = 0.5):
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"KimiLoss.tau must be a finite number > 0 (it divides the loss), got {tau}")
         self.tau = tau
 
     def advantages(self, rewards: Tensor) -> Tensor:
@@ -96,6 +106,8 @@ class GRPOLoss(PolicyLoss):
     """
 
     def __init__(self, clip_eps: float = 0.2):
+        if not (math.isfinite(clip_eps) and clip_eps > 0):
+            raise ValueError(f"GRPOLoss.clip_eps must be a finite number > 0, got {clip_eps}")
         self.clip_eps = clip_eps
 
     def advantages(self, rewards: Tensor) -> Tensor:

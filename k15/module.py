@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from functools import cached_property
+
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import PreTrainedModel
 
 from k15.data.prompts import PromptBatch
+from k15.finite import FiniteGuard, require_finite_weights
 from k15.models import ModelSource
 from k15.reward import RewardModule
+from k15.rng import restore_rng_states, rng_states
 from k15.rollout.engine import Request, Sampling
 from k15.rollout.hf import hf_sample
+from k15.signals import CheckpointOnSignal
 
 
 def shard_decoder(model: PreTrainedModel, mesh) -> None:
@@ -27,6 +33,14 @@ def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=3e-5)
 
 
+def check_learning_rates(optimizer: OptimizerCallable) -> None:
+    """Build ``optimizer`` on a stand-in parameter, so a bad learning rate is a config error at start-up."""
+    probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
+    for group in probe.param_groups:
+        if not (math.isfinite(group["lr"]) and group["lr"] > 0):
+            raise ValueError(f"model.optimizer: the learning rate must be a finite number > 0, got {group['lr']}")
+
+
 class LanguageModule(LightningModule):
     """A causal LM, or a vision-language model that reads images too, built from a ``ModelSource``
     in ``configure_model`` (so sharding strategies can build it in place), validated by greedy
@@ -38,6 +52,8 @@ class LanguageModule(LightningModule):
         optimizer: optimizer factory, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 3e-5}}``.
         lr_scheduler: optional learning-rate schedule, stepped after every optimizer step.
         heldout_max_new_tokens: generation length for held-out evaluation.
+        max_skipped_steps_in_a_row: optimizer steps with a non-finite loss (or gradient norm) are
+            dropped and counted (``train/skipped_steps``); this many in a row stop the run (exit 1).
     """
 
     def __init__(
@@ -47,8 +63,12 @@ class LanguageModule(LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         heldout_max_new_tokens: int = 64,
+        max_skipped_steps_in_a_row: int = 3,
     ):
         super().__init__()
+        check_learning_rates(optimizer)
+        if heldout_max_new_tokens < 1:
+            raise ValueError(f"model.heldout_max_new_tokens must be ≥ 1, got {heldout_max_new_tokens}")
         self.source = model
         self.processor = model.processor()  # None for a text-only model
         self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()
@@ -57,6 +77,17 @@ class LanguageModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.heldout_max_new_tokens = heldout_max_new_tokens
         self.model: PreTrainedModel | None = None
+        self.guard = FiniteGuard(max_skipped_steps_in_a_row)
+
+    @cached_property
+    def context_tokens(self) -> int:
+        """The longest sequence the model takes (prompt + completion, image tokens included)."""
+        return self.source.max_positions()
+
+    @property
+    def max_heldout_prompt_tokens(self) -> int:
+        """Held-out prompts longer than this leave no room for their answer: the data skips them."""
+        return self.context_tokens - self.heldout_max_new_tokens
 
     @property
     def unsampled_token_ids(self) -> tuple[int, ...]:
@@ -69,6 +100,22 @@ class LanguageModule(LightningModule):
             self.model = self.source.model().train()  # from_pretrained returns eval mode
             if self._device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel mesh
                 shard_decoder(self.model, self._device_mesh["data_parallel"])
+
+    def configure_callbacks(self):
+        return [CheckpointOnSignal()]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        require_finite_weights(self.model, "a checkpoint", self.agree)
+        checkpoint["k15"] = {"rng": rng_states(), "finite_guard": self.guard.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "k15" in checkpoint:
+            restore_rng_states(checkpoint["k15"]["rng"])
+            self.guard.load_state_dict(checkpoint["k15"]["finite_guard"])
+
+    def agree(self, ok: bool) -> bool:
+        """True only if ``ok`` on every rank (all ranks must take the same branch around collectives)."""
+        return self.trainer.strategy.reduce_boolean_decision(ok, all=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model.parameters())

@@ -5,7 +5,8 @@ The rollout callback has already sampled k trajectories per prompt and scored th
     1. scores every trajectory with π_ref (π_θi: the weights as they are now, before any update;
        when the first optimizer step covers every trajectory, its own forwards give these),
     2. resets the optimizer state (each iteration is a new mirror-descent problem),
-    3. takes ``passes_per_iteration`` passes of mini-batch steps on the policy loss → θ_{i+1}.
+    3. takes ``passes_per_iteration`` passes of mini-batch steps on the policy loss → θ_{i+1}
+       (``k15/update.py``), dropping any step whose loss or gradient is not finite.
 """
 
 from __future__ import annotations
@@ -15,22 +16,24 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from k15.data.prompts import PromptBatch
-from k15.logprobs import token_logprobs
-from k15.losses import KimiLoss, PolicyLoss, sequence_log_ratio
-from k15.microbatch import micro_batches
+from k15.errors import require_at_least_one
+from k15.losses import KimiLoss, PolicyLoss
+from k15.metrics import log_iteration
 from k15.models import ModelSource
 from k15.module import LanguageModule, default_optimizer
 from k15.reference import ReferenceModule
 from k15.reward import RewardModule
 from k15.rollout import RolloutCallback
 from k15.rollout.consistency import logprob_mismatch
+from k15.update import update_policy
 
 
 class PolicyModule(LanguageModule):
     """The trained policy π_θ, the rollouts it learns from, and its loss.
 
     Args:
-        model, reward, optimizer, lr_scheduler, heldout_max_new_tokens: see ``LanguageModule``.
+        model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row:
+            see ``LanguageModule``.
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
         loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …).
@@ -43,6 +46,9 @@ class PolicyModule(LanguageModule):
         micro_batch_tokens: forward/backward in length-sorted micro-batches of at most this many
             padded tokens, accumulating one step's gradient (None: a step's rows in one pass).
             Long-tailed batches then stop paying for padding; single process only for now.
+        seed: the order of iteration i's trajectories in the update is drawn from a generator
+            seeded ``seed + i``, not from the global RNG (which an in-process engine may reseed),
+            so a resumed run updates exactly as the uninterrupted one.
     """
 
     def __init__(
@@ -60,10 +66,26 @@ class PolicyModule(LanguageModule):
         trajectories_per_step: int | None = None,
         gradient_clip_norm: float | None = 1.0,
         micro_batch_tokens: int | None = None,
+        max_skipped_steps_in_a_row: int = 3,
+        seed: int = 0,
     ):
-        super().__init__(model, reward, optimizer, lr_scheduler, heldout_max_new_tokens)
-        self.automatic_optimization = False
+        super().__init__(model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row)
         self.rollout = rollout
+        require_at_least_one("model", passes_per_iteration=passes_per_iteration, trajectories_per_step=trajectories_per_step,
+                             micro_batch_tokens=micro_batch_tokens)
+        if gradient_clip_norm is not None and not gradient_clip_norm > 0:
+            raise ValueError(f"model.gradient_clip_norm must be > 0 or null, got {gradient_clip_norm}")
+        if loss.group_baseline and rollout.samples_per_prompt < 2:
+            raise ValueError(
+                f"model.rollout.samples_per_prompt is {rollout.samples_per_prompt}, but {type(loss).__name__}'s baseline "
+                "compares a prompt's k samples: with k = 1 every advantage is 0 and nothing is learned; use k ≥ 2"
+            )
+        if self.max_rollout_prompt_tokens < 1:
+            raise ValueError(
+                f"model.rollout.max_new_tokens ({rollout.max_new_tokens}) leaves no room for a prompt in the context "
+                f"({self.context_tokens} tokens for the model, {rollout.engine.max_model_len} for the engine)"
+            )
+        self.automatic_optimization = False
         self.loss = loss
         self.reference = reference
         self.reset_optimizer_each_iteration = reset_optimizer_each_iteration
@@ -71,6 +93,14 @@ class PolicyModule(LanguageModule):
         self.trajectories_per_step = trajectories_per_step
         self.gradient_clip_norm = gradient_clip_norm
         self.micro_batch_tokens = micro_batch_tokens
+        self.seed = seed
+
+    @property
+    def max_rollout_prompt_tokens(self) -> int:
+        """Training prompts longer than this leave no room for a whole response (the model's or
+        the engine's context, less ``rollout.max_new_tokens``): the data skips them at load."""
+        context = min(self.context_tokens, self.rollout.engine.max_model_len or self.context_tokens)
+        return context - self.rollout.max_new_tokens
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -82,14 +112,7 @@ class PolicyModule(LanguageModule):
             raise ValueError("model.micro_batch_tokens needs a single process for now; set it to null (conf/strategy/fsdp2.yaml does)")
 
     def configure_callbacks(self):
-        return [self.rollout]
-
-    def _log_engine_mismatch(self, rollout, ref_logp: torch.Tensor) -> None:
-        """Engine vs trainer log-probs on the tokens the engine sampled with π_θi this iteration."""
-        sampled_now = (rollout.versions == self.iteration).float()  # older segments came from older weights
-        if rollout.engine_logprobs is not None and self.reference.mode == "iteration" and sampled_now.any():
-            abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, ref_logp, sampled_now)
-            self.log_dict({"rollout/engine_logp_abs_diff": abs_diff, "rollout/engine_kl": kl}, batch_size=1)
+        return super().configure_callbacks() + [self.rollout]
 
     @property
     def iteration(self) -> int:
@@ -101,56 +124,39 @@ class PolicyModule(LanguageModule):
         if rollout is None:  # partial rollouts: no group finished this iteration, nothing to learn from
             return
         n = len(rollout.input_ids)
-        step = self.trajectories_per_step or n
         # With π_ref = π_θi and a first optimizer step over every row, that step's forwards run at
         # θ = θ_i: their detached log-probs are π_θi's, so no separate reference pass is needed.
-        reference_from_first_step = self.reference.mode == "iteration" and step >= n
-        if reference_from_first_step:
-            ref_logp = torch.zeros(rollout.input_ids.shape, device=rollout.input_ids.device)
-        else:
-            ref_logp = self.reference(self.model, rollout.input_ids, rollout.attention_mask, rollout.inputs_for)
-            self._log_engine_mismatch(rollout, ref_logp)
-        advantages = self.loss.advantages(rollout.rewards.total).to(ref_logp.device)
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        if self.reset_optimizer_each_iteration:
-            optimizer.optimizer.state.clear()
-
-        lengths = rollout.attention_mask.sum(dim=1)
-        losses, log_ratios = [], []
-        for _ in range(self.passes_per_iteration):
-            for rows in torch.randperm(n, device=ref_logp.device).split(step):
-                optimizer.zero_grad()
-                step_loss = 0.0
-                # one optimizer step over ``rows``, as gradient accumulation over length buckets
-                for mb in micro_batches(lengths, rows, self.micro_batch_tokens):
-                    width = int(lengths[mb].max())
-                    ids, mask, in_loss = rollout.input_ids[mb, :width], rollout.attention_mask[mb, :width], rollout.loss_mask[mb, :width]
-                    logp = token_logprobs(self.model, ids, mask, **rollout.inputs_for(mb))
-                    if reference_from_first_step:
-                        ref_logp[mb, :width] = logp.detach()
-                    share = self.loss.share(in_loss, rollout.loss_mask[rows])
-                    loss = self.loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * share
-                    self.manual_backward(loss)
-                    step_loss += loss.detach()
-                    # ℓ_j as this step's loss saw it (0 on the first pass, where θ = θ_i)
-                    log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[mb, :width], in_loss))
-                if reference_from_first_step:
-                    reference_from_first_step = False
-                    self._log_engine_mismatch(rollout, ref_logp)
-                if self.gradient_clip_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                losses.append(step_loss)
-
-        log_ratio = torch.cat(log_ratios)
-        self.log_dict(
-            {
-                "train/loss": torch.stack(losses).mean(),
-                "train/log_ratio_mean": log_ratio.mean(),
-                "train/log_ratio_abs_max": log_ratio.abs().max(),
-                "train/advantage_abs_mean": advantages.abs().mean(),
-            },
-            batch_size=len(batch),
+        from_first_step = self.reference.mode == "iteration" and (self.trajectories_per_step or n) >= n
+        ref_logp = None if from_first_step else self.reference(self.model, rollout.input_ids, rollout.attention_mask, rollout.inputs_for)
+        stats = update_policy(
+            self.model,
+            rollout,
+            self.loss,
+            self.optimizers(),
+            ref_logp,
+            generator=torch.Generator().manual_seed(self.seed + self.iteration),
+            guard=self.guard,
+            passes=self.passes_per_iteration,
+            trajectories_per_step=self.trajectories_per_step,
+            micro_batch_tokens=self.micro_batch_tokens,
+            gradient_clip_norm=self.gradient_clip_norm,
+            reset_optimizer=self.reset_optimizer_each_iteration,
+            scheduler=self.lr_schedulers(),
+            backward=self.manual_backward,
+            agree=self.agree,
         )
+        metrics = {
+            "train/loss": torch.stack(stats.step_losses).mean(),
+            "train/log_ratio_mean": stats.log_ratios.mean(),
+            "train/log_ratio_abs_max": stats.log_ratios.abs().max(),
+            "train/advantage_abs_mean": stats.advantages.abs().mean(),
+            "train/grad_norm": max(stats.grad_norms),
+            "train/skipped_steps": float(self.guard.skipped),
+        }
+        sampled_now = (rollout.versions == self.iteration).float()  # older segments came from older weights
+        if rollout.engine_logprobs is not None and self.reference.mode == "iteration" and sampled_now.any():
+            # engine vs trainer log-probs on the tokens the engine sampled with π_θi this iteration
+            abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, stats.ref_logp, sampled_now)
+            metrics |= {"rollout/engine_logp_abs_diff": abs_diff, "rollout/engine_kl": kl}
+        log_iteration(self.trainer, metrics, self.iteration)
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=len(batch))

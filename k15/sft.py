@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from k15.data.sft import SFTBatch
+from k15.metrics import log_iteration
 from k15.module import LanguageModule
 
 
@@ -14,5 +15,10 @@ class SFTModule(LanguageModule):
 
     def training_step(self, batch: SFTBatch, batch_idx: int):
         loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, **batch.model_inputs).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.input_ids))
+        step = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        if not self.guard.allows(loss, agree=self.agree):
+            log_iteration(self.trainer, {"train/skipped_steps": self.guard.skipped}, step)
+            return None  # Lightning then takes no backward and no optimizer step
+        log_iteration(self.trainer, {"train/loss": loss, "train/skipped_steps": self.guard.skipped}, step)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(batch.input_ids))
         return loss

@@ -3,9 +3,12 @@
     heldout_acc_before   held-out accuracy at the first evaluation: before any update when the
                          trainer's sanity check covers the held-out set (num_sanity_val_steps: -1)
     heldout_acc_after    held-out accuracy at the last evaluation
-    wall_s               fit wall time, seconds
-    tokens_per_s         tokens trained on per second of fit: in finished RL trajectories, or
-                         supervised (SFT)
+    finished             true when fit ran to its end; false when it stopped early (a signal, an
+                         error: ``stopped`` says which)
+    wall_s               fit wall time, seconds, summed over the run's resumed parts (each up to
+                         the checkpoint the next part resumed from)
+    tokens_per_s         tokens trained on per second of ``wall_s``: in finished RL trajectories,
+                         or supervised (SFT)
     iteration_s_median,  wall time of one training batch (RL: rollout + update), held-out
     iteration_s_p90      evaluation excluded
 
@@ -24,6 +27,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from k15.data.prompts import PromptBatch
 from k15.data.sft import IGNORE_INDEX, SFTBatch
+from k15.metrics import log_iteration
 
 METRIC = "heldout/accuracy"
 
@@ -43,7 +47,7 @@ def percentile(values: list[float], q: int) -> float | None:
 
 class RunSummary(Callback):
     def __init__(self):
-        self.state = {"heldout_acc_before": None, "heldout_acc_after": None, "tokens": 0, "iteration_seconds": []}
+        self.state = {"heldout_acc_before": None, "heldout_acc_after": None, "tokens": 0, "iteration_seconds": [], "wall_s": 0.0}
         self.started = self.batch_started = 0.0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -67,13 +71,26 @@ class RunSummary(Callback):
         seconds = time.perf_counter() - self.batch_started
         self.state["tokens"] += batch_tokens(batch)
         self.state["iteration_seconds"].append(seconds)
-        pl_module.log_dict({"perf/iteration_seconds": seconds, "perf/trained_tokens": float(self.state["tokens"])}, batch_size=1)
+        step = trainer.fit_loop.epoch_loop.batch_progress.total.completed  # this batch's index
+        log_iteration(trainer, {"perf/iteration_seconds": seconds, "perf/trained_tokens": self.state["tokens"]}, step)
+
+    def wall(self) -> float:
+        """Seconds of fit so far: this process's, plus those of the runs it resumed."""
+        return self.state["wall_s"] + (time.perf_counter() - self.started if self.started else 0.0)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        wall = time.perf_counter() - self.started
+        self.write(trainer, finished=True)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.write(trainer, finished=False, stopped=f"{type(exception).__name__}: {exception}")
+
+    def write(self, trainer: Trainer, finished: bool, stopped: str | None = None) -> None:
+        wall = self.wall()
         summary = {
             "heldout_acc_before": self.state["heldout_acc_before"],
             "heldout_acc_after": self.state["heldout_acc_after"],
+            "finished": finished,
+            **({"stopped": stopped} if stopped else {}),
             "wall_s": round(wall, 2),
             "tokens_per_s": round(self.state["tokens"] / wall, 1),
             "trained_tokens": self.state["tokens"],
@@ -81,7 +98,7 @@ class RunSummary(Callback):
             "iteration_s_p90": percentile(self.state["iteration_seconds"], 90),
             "steps": trainer.global_step,
         }
-        log_dir = trainer.log_dir  # a collective under multi-process strategies: every rank asks
+        log_dir = trainer.log_dir if finished else trainer.logger and trainer.logger.log_dir  # log_dir: a collective, every rank asks
         if not trainer.is_global_zero:
             return
         width = max(map(len, summary))
@@ -91,7 +108,7 @@ class RunSummary(Callback):
             (Path(log_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def state_dict(self) -> dict:
-        return dict(self.state)
+        return dict(self.state, wall_s=self.wall())
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.state.update(state_dict)

@@ -1,49 +1,15 @@
 """The real CLI on the real configs: both tiny stages, an overlay, resume, print_config, bad configs."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+import os
 
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from k15_cli import CONF, SMALL_MODEL, SMALL_RL, checkpoint_weights, data_args, exported_weights, k15, scalars
 from transformers import AutoModelForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-
-def k15(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "k15", *args], cwd=cwd, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"k15 {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-def data_args(shard_dir: Path) -> list[str]:
-    return [
-        f"--data.init_args.train_shards={shard_dir}/train-*.tar.gz",
-        f"--data.init_args.heldout_shards={shard_dir}/heldout-*.tar.gz",
-        "--data.init_args.heldout_prompts=12",
-        "--data.init_args.heldout_prompts_per_batch=6",
-    ]
-
-
-SMALL_MODEL = [
-    "--model.init_args.model.init_args.hidden_size=64",
-    "--model.init_args.model.init_args.num_layers=2",
-    "--model.init_args.model.init_args.num_heads=2",
-    "--model.init_args.model.init_args.num_kv_heads=1",
-    "--model.init_args.model.init_args.intermediate_size=128",
-]
-SMALL_RL = [
-    "--data.init_args.prompts_per_iteration=4",
-    "--model.init_args.rollout.init_args.samples_per_prompt=4",
-    "--model.init_args.rollout.init_args.max_new_tokens=16",
-    "--model.init_args.heldout_max_new_tokens=16",
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +19,6 @@ def sft_run(tmp_path_factory, shard_dir):
     args = ["--data.init_args.steps=4", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1", "--model.init_args.heldout_max_new_tokens=16"]
     k15("fit", "-c", str(CONF / "tiny_sft.yaml"), *data_args(shard_dir), "--data.init_args.examples_per_step=8", *SMALL_MODEL, *args, cwd=cwd)
     return cwd
-
-
-def scalars(log_dir: Path) -> dict[str, list]:
-    events = EventAccumulator(str(log_dir))
-    events.Reload()
-    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]} | {"__text__": events.Tags()["tensors"]}
 
 
 def test_sft_stage_exports_a_loadable_model_and_a_summary(sft_run):
@@ -115,83 +75,6 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
     assert json.loads((sft_run / "runs/tiny/version_1/summary.json").read_text())["steps"] == 6
 
 
-def saved_iterations(folder: Path) -> list[tuple[int, list[dict]]]:
-    """(RL iterations done, replay buffer, path) of every checkpoint in ``folder``, in order."""
-    return sorted((iterations_done(path), buffer(path), path) for path in folder.glob("epoch=*.ckpt"))
-
-
-def iterations_done(checkpoint: Path) -> int:
-    # saved in on_train_batch_end, before Lightning counts that iteration as completed
-    return torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] + 1
-
-
-def buffer(checkpoint: Path) -> list[dict]:
-    return torch.load(checkpoint, weights_only=False)["callbacks"]["RolloutCallback"]["buffer"]["groups"]
-
-
-def carried_over(groups: list[dict], iteration: int) -> list[tuple]:
-    """(prompt, per trajectory its (version, tokens) segments) of the groups started before ``iteration``."""
-    return sorted(
-        (g["prompt"], [[(s["version"], s["token_ids"]) for s in t["segments"]] for t in g["trajectories"]])
-        for g in groups
-        if min(s["version"] for t in g["trajectories"] for s in t["segments"]) < iteration
-    )
-
-
-def test_partial_rollouts_live_in_the_checkpoint_and_resume_continues_them(sft_run, shard_dir):
-    """Budget 8 tokens an iteration, cap 24: trajectories span up to 3 iterations (policy versions).
-    Checkpoints follow optimizer steps, so an iteration in which no group finished saves none."""
-    (sft_run / "every_step.yaml").write_text(CHECKPOINT_EVERY_ITERATION.replace("every_n_train_steps: 2", "every_n_train_steps: 1"))
-    rl = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"), "-c", "every_step.yaml", *data_args(shard_dir), *SMALL_RL,
-          "--model.init_args.rollout.init_args.segment_tokens=8", "--model.init_args.rollout.init_args.max_new_tokens=24",
-          "--data.init_args.iterations=5", "--trainer.val_check_interval=5", "--trainer.num_sanity_val_steps=0",
-          "--trainer.logger.init_args.name=partial"]
-    k15(*rl, cwd=sft_run)
-    first = sft_run / "runs/partial/version_0/checkpoints"
-    saved = saved_iterations(first)
-    # the first checkpoint holding unfinished trajectories that a later one follows
-    index = next(i for i, (_, groups, _) in enumerate(saved[:-1]) if groups)
-    (mid_iteration, mid, mid_path), (end_iteration, end, _) = saved[index], saved[index + 1]
-    assert all(s["version"] < mid_iteration for g in mid for t in g["trajectories"] for s in t["segments"])
-
-    k15(*rl, f"--ckpt_path={mid_path}", cwd=sft_run)
-    resumed_iteration, resumed_end, _ = saved_iterations(sft_run / "runs/partial/version_1/checkpoints")[0]
-    # the resumed run continued the checkpointed trajectories exactly as the uninterrupted run did
-    # (same θ, same per-sample seeds); only its new prompts differ (the prompt stream restarts)
-    assert resumed_iteration == end_iteration
-    assert carried_over(resumed_end, mid_iteration) == carried_over(end, mid_iteration)
-    continued = [g for g in carried_over(end, mid_iteration) if any(v >= mid_iteration for t in g[1] for v, _ in t)]
-    assert continued, "no checkpointed trajectory was continued after the resume point"
-    mid_tokens = {g["prompt"]: [sum((s["token_ids"] for s in t["segments"]), []) for t in g["trajectories"]] for g in mid}
-    for prompt, trajectories in continued:
-        for before, segments in zip(mid_tokens[prompt], trajectories, strict=True):
-            assert sum((tokens for _, tokens in segments), [])[: len(before)] == before
-    logged = scalars(sft_run / "runs/partial/version_0")
-    assert {"rollout/buffer_groups", "rollout/stale_token_share", "rollout/finish_budget"} <= set(logged)
-    assert max(s.value for s in logged["rollout/stale_token_share"]) > 0  # groups trained on tokens of older policies
-
-
-def test_curriculum_sampler_resumes_exactly(sft_run, shard_dir):
-    """The data module's sampler state (generator, success table, draws) rides in the checkpoint:
-    resumed after iteration 2 of 4, the run ends in the uninterrupted run's exact sampler state."""
-    (sft_run / "every_step.yaml").write_text(CHECKPOINT_EVERY_ITERATION.replace("every_n_train_steps: 2", "every_n_train_steps: 1"))
-    rl = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "data/curriculum.yaml"), "-c", str(CONF / "engine/hf.yaml"),
-          "-c", "every_step.yaml", *data_args(shard_dir), *SMALL_RL, "--data.init_args.iterations=4", "--trainer.val_check_interval=4",
-          "--trainer.num_sanity_val_steps=0", "--trainer.logger.init_args.name=curriculum"]
-    k15(*rl, cwd=sft_run)
-    first = sft_run / "runs/curriculum/version_0/checkpoints"
-    k15(*rl, f"--ckpt_path={first}/epoch=0-step=2.ckpt", cwd=sft_run)
-
-    def sampler(path):
-        return torch.load(path, weights_only=False)["CurriculumDataModule"]
-
-    uninterrupted, resumed = sampler(first / "epoch=0-step=4.ckpt"), sampler(sft_run / "runs/curriculum/version_1/checkpoints/epoch=0-step=4.ckpt")
-    assert uninterrupted["draws"] == resumed["draws"] == 4
-    assert torch.equal(uninterrupted["generator"], resumed["generator"])
-    assert torch.equal(uninterrupted["success"], resumed["success"])
-    assert not torch.equal(sampler(first / "epoch=0-step=2.ckpt")["generator"], uninterrupted["generator"])
-
-
 def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
     out = k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "loss/grpo.yaml"), *data_args(shard_dir), *SMALL_RL,
               "--data.init_args.iterations=1", "--trainer.val_check_interval=1", "--trainer.logger.init_args.name=grpo", "--print_config", cwd=sft_run)
@@ -236,31 +119,40 @@ def test_bad_config_is_one_clear_message(override, names):
         assert name in result.stderr, result.stderr
 
 
-def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir):
+@pytest.mark.multiprocess
+def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
     """Two gloo processes, the policy sharded with fully_shard (ModelParallelStrategy), the same
-    manual-optimization update loop; the export gathers the full weights."""
+    manual-optimization update loop; the export gathers the full weights: exactly the trained
+    ones, as the run's final (sharded) checkpoint holds them."""
     k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml"), *data_args(shard_dir), *SMALL_RL,
         "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=fsdp2",
-        "--trainer.callbacks=[{class_path: k15.export.ExportPretrained, init_args: {dirpath: runs/fsdp2/hf}}, k15.summary.RunSummary]",
-        cwd=sft_run)
+        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 1, save_top_k: -1}}, "
+        "{class_path: k15.export.ExportPretrained, init_args: {dirpath: runs/fsdp2/hf}}, k15.summary.RunSummary]",
+        cwd=sft_run, env=os.environ | {"MASTER_PORT": str(master_port)})
     logged = scalars(sft_run / "runs/fsdp2/version_0")
     assert len(logged["rollout/reward"]) == 2 and "heldout/accuracy" in logged
     exported = AutoModelForCausalLM.from_pretrained(sft_run / "runs/fsdp2/hf")
     assert exported.config.hidden_size == 64
     assert json.loads((sft_run / "runs/fsdp2/version_0/summary.json").read_text())["steps"] == 2
+    trained, weights = checkpoint_weights(sft_run / "runs/fsdp2/version_0/checkpoints/epoch=0-step=2.ckpt"), exported_weights(sft_run / "runs/fsdp2/hf")
+    assert weights.keys() <= trained.keys() and all(torch.equal(trained[key], weights[key]) for key in weights)
+    before = AutoModelForCausalLM.from_pretrained(sft_run / "runs/tiny_sft/hf").state_dict()
+    assert any(not torch.equal(before[key], weights[key]) for key in weights)  # it did train
 
 
-def test_curriculum_sampler_stays_identical_across_two_processes(sft_run, shard_dir):
+@pytest.mark.multiprocess
+def test_curriculum_sampler_stays_identical_across_two_processes(sft_run, shard_dir, master_port):
     """Every rank draws from its own copy of the sampler; after each iteration's outcomes the
     ranks compare their success tables and generator states (a mismatch stops the run)."""
     k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml"), "-c", str(CONF / "data/curriculum.yaml"),
         *data_args(shard_dir), *SMALL_RL, "--data.init_args.iterations=3", "--trainer.val_check_interval=3",
         "--data.init_args.stages=[{until: 1, max_difficulty: 2}, {until: null}]", "--trainer.logger.init_args.name=fsdp_curriculum",
-        "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run)
+        "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run, env=os.environ | {"MASTER_PORT": str(master_port)})
     logged = scalars(sft_run / "runs/fsdp_curriculum/version_0")
     assert [s.value for s in logged["data/stage"]] == [0.0, 1.0, 1.0] and len(logged["rollout/reward"]) == 3
 
 
+@pytest.mark.vllm
 def test_vllm_engine_overlay_trains_and_reports_engine_trainer_mismatch(sft_run, shard_dir):
     k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"), *data_args(shard_dir), *SMALL_RL,
         "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=vllm",

@@ -207,6 +207,7 @@ def write_input(folder: Path, left_half: bytes, top_half: bytes) -> None:
             sink.write(sample)
 
 
+@pytest.mark.slow
 def test_curate_end_to_end(tmp_path, tiny_dir):
     left_half, top_half = png([0, 0, 255, 255] * 4), png([0] * 8 + [255] * 8)
     (tmp_path / "in").mkdir()
@@ -252,6 +253,7 @@ def test_curate_end_to_end(tmp_path, tiny_dir):
     assert [i for i in pool.images if i] == [[left_half], [top_half]]
 
 
+@pytest.mark.slow
 def test_a_vision_language_model_checks_image_prompts(tmp_path):
     from k15.models import TinyVLM
 

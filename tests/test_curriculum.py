@@ -3,7 +3,6 @@ skipped and counted (fixtures made here from real shards: truncated, byte-flippe
 
 import io
 import json
-import tarfile
 
 import lightning
 import pytest
@@ -16,7 +15,9 @@ from k15.data.curriculum import CurriculumDataModule
 from k15.data.pool import load_pool
 from k15.data.sampling import Stage, sampling_weights, stage_at
 from k15.data.shards import shard_urls, write_shards
+from k15.errors import K15Error
 from k15.models.tiny import char_tokenizer
+from tars import tar_bytes
 
 
 def records(n: int, difficulty=lambda i: 1 + i % 5) -> list[dict]:
@@ -87,16 +88,6 @@ def test_resumed_state_draws_exactly_the_uninterrupted_batches(tmp_path):
     assert torch.equal(resumed.success, dm.success) and resumed.success.max() > 0
 
 
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (4, 4), "red").save(out, format="PNG")
@@ -130,19 +121,27 @@ def test_bad_samples_are_skipped_and_counted_and_the_rest_load(tmp_path):
 
 def test_a_set_with_no_usable_record_is_one_clear_error(tmp_path):
     (tmp_path / "x.tar").write_bytes(tar_bytes({"a.json": b'{"prompt": "Q:1+1="}', "b.json": b'{"text": 1}'}))
-    with pytest.raises(ValueError, match="no usable prompt records.*missing_field"):
+    with pytest.raises(K15Error, match="no usable RL prompt record in .*x.tar.*2 missing_field"):
         load_pool([str(tmp_path / "x.tar")])
     with pytest.raises(FileNotFoundError, match="no shards match"):
         shard_urls(str(tmp_path / "nothing-*.tar"))
 
 
-def _record_on_rank(rank: int, folder: str, port: int, results) -> None:
+def test_a_stage_smaller_than_an_iteration_is_a_start_up_error(tmp_path):
+    # 40 prompts, 8 of each difficulty: a difficulty-1 stage cannot fill an iteration of 10
+    with pytest.raises(K15Error, match=r"stages\[0\] .* admits 8 of the 40 usable prompts .* needs 10"):
+        data_module(tmp_path, prompts_per_iteration=10, stages=[Stage(until=5, max_difficulty=1), Stage()])
+
+
+def _record_on_rank(rank: int, folder: str, results) -> None:
     """Two iterations on two ranks: the first as it should go, then rank 1 loses an update."""
+    from datetime import timedelta
     from pathlib import Path
 
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a rendezvous file, not a port (no race with other tests); a lost peer fails in 2 min, not gloo's 30
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2, timeout=timedelta(minutes=2))
     dm = data_module(Path(folder), prompts_per_iteration=2)
     for iteration in ("same", "diverged"):
         batch = dm.draw()
@@ -156,16 +155,13 @@ def _record_on_rank(rank: int, folder: str, port: int, results) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ranks_check_that_their_sampler_states_agree(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
     data_module(tmp_path)  # write the shards once
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_record_on_rank, args=(str(tmp_path), port, results), nprocs=2)
+    mp.spawn(_record_on_rank, args=(str(tmp_path), results), nprocs=2)
     assert results[("same", 0)] == results[("same", 1)] == "agree"
     assert all("differ across ranks" in results[("diverged", rank)] for rank in (0, 1))

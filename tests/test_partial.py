@@ -27,7 +27,7 @@ def synced_engine(tiny_dir, name: str):
     return engine, tok, model, [tok(p)["input_ids"] for p in PROMPTS]
 
 
-@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
+@pytest.mark.parametrize("engine_name", ["hf", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])])
 def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
     engine, tok, model, prompt_ids = synced_engine(tiny_dir, engine_name)
     whole = [g[0].token_ids for g in engine.generate(prompt_ids, Sampling(1, 20, temperature=0.0))]
@@ -50,7 +50,7 @@ def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
     assert longest > 6  # the random tiny model rambles: several segments were really stitched
 
 
-@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
+@pytest.mark.parametrize("engine_name", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_extra_stop_tokens_end_a_response_like_eos(tiny_dir, engine_name):
     engine, _, model, prompts = synced_engine(tiny_dir, engine_name)
     free = [g[0].token_ids for g in engine.generate(prompts, Sampling(1, 20, temperature=0.0))]
@@ -62,7 +62,7 @@ def test_extra_stop_tokens_end_a_response_like_eos(tiny_dir, engine_name):
         assert (completion.finish_reason == "stop") == (stop in whole or whole[-1] == model.config.eos_token_id)
 
 
-@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
+@pytest.mark.parametrize("engine_name", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_banned_tokens_are_never_sampled(tiny_dir, engine_name):
     engine, _, _, prompts = synced_engine(tiny_dir, engine_name)
     free = [c.token_ids for g in engine.generate(prompts, Sampling(4, 20, temperature=1.0, seed=0)) for c in g]

@@ -155,6 +155,7 @@ def scalar_run(tmp_path_factory, rm_shards) -> Path:
     return cwd
 
 
+@pytest.mark.slow
 def test_scalar_rm_recipe_logs_heldout_metrics_and_exports_a_classifier(scalar_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -168,6 +169,7 @@ def test_scalar_rm_recipe_logs_heldout_metrics_and_exports_a_classifier(scalar_r
     assert model.config.num_labels == 1 and model.config.hidden_size == SMALL["hidden_size"]
 
 
+@pytest.mark.slow
 def test_scalar_rm_judges_a_batch_the_same_as_one_at_a_time(scalar_run, rm_shards):
     judge = ScalarRM(str(scalar_run / "runs/rm_scalar/hf"))
     rows = records(rm_shards, "heldout")[:48]

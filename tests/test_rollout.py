@@ -1,14 +1,20 @@
 """HF engine, trajectory packing, and the reference scorer on a real tiny Qwen2."""
 
+import math
+from collections import Counter
+
+import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from k15.logprobs import token_logprobs
 from k15.models import Pretrained
 from k15.reference import ReferenceModule
 from k15.rollout import HFEngine, Sampling
 from k15.rollout.batch import pack_trajectories
-from k15.rollout.engine import Completion
-from k15.rollout.hf import cut_at_stop
+from k15.rollout.engine import Completion, Request
+from k15.rollout.hf import SeededSampling, cut_at_stop, hf_sample, inverse_cdf_sample
 from k15.rollout.trajectory import Group, Segment, Trajectory
 
 
@@ -41,6 +47,122 @@ def test_greedy_matches_argmax_of_the_model(tiny_dir):
     for token in completion:
         assert model(torch.tensor([ids])).logits[0, -1].argmax().item() == token
         ids.append(token)
+
+
+def tokens(groups):
+    return [[c.token_ids for c in group] for group in groups]
+
+
+def test_a_sample_depends_on_its_seed_only_not_on_the_batch_or_chunking(tiny_dir):
+    """Row j of a call uses seed + j: the same request gets the same completions alone, after other
+    requests (the seed shifted by their sample count so its rows keep their seeds), and in any chunking."""
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+    target = Request(prompts[0], samples=4, max_new_tokens=16)
+    before = [Request(prompts[1], samples=3, max_new_tokens=24), Request(prompts[0] + prompts[1], samples=2, max_new_tokens=5)]
+    after = Request(prompts[1][:3], samples=2, max_new_tokens=8)
+    sampling = Sampling(temperature=1.0, seed=100)
+    alone = tokens(hf_sample(model, [target], sampling))[0]
+    assert len(set(map(tuple, alone))) > 1 and max(len(t) for t in alone) > 3  # long enough to tell draws apart
+    shifted = Sampling(temperature=1.0, seed=95)  # 5 samples before the target: its rows are seeds 100..103 again
+    for max_batch_size in (512, 1, 3, 6):  # 3 and 6 split the target's rows across chunks
+        mixed = tokens(hf_sample(model, [*before, target, after], shifted, max_batch_size))
+        assert mixed[2] == alone, max_batch_size
+        assert mixed[0] == tokens(hf_sample(model, before[:1], shifted))[0]  # the others are reproducible too
+    assert tokens(hf_sample(model, [target], sampling, max_batch_size=1))[0] == alone
+    # and with top-p, which sorts each row's probabilities
+    nucleus = Sampling(temperature=1.0, top_p=0.8, seed=100)
+    alone = tokens(hf_sample(model, [target], nucleus))[0]
+    assert tokens(hf_sample(model, [*before, target], Sampling(temperature=1.0, top_p=0.8, seed=95), max_batch_size=2))[2] == alone
+
+
+def test_k_samples_differ_seeds_reproduce_and_the_global_rng_is_untouched(tiny_dir):
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+
+    def samples(seed):
+        return tokens(engine.generate(prompts[:1], Sampling(samples_per_prompt=8, max_new_tokens=12, temperature=1.0, seed=seed)))[0]
+
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    first = samples(0)
+    assert len(set(map(tuple, first))) > 1  # each row its own seed
+    assert samples(0) == first
+    assert samples(1) != first
+    assert samples(1)[:7] == first[1:]  # seed 1's row j is seed 0's row j + 1
+    unseeded = samples(None), samples(None)  # fresh seeds every call
+    assert unseeded[0] != unseeded[1] and unseeded[0] != first
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_banned_tokens_are_never_sampled(tiny_dir, top_p):
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+    sampling = Sampling(samples_per_prompt=16, max_new_tokens=12, temperature=1.0, top_p=top_p, seed=0)
+    counts = Counter(t for group in tokens(engine.generate(prompts, sampling)) for row in group for t in row)
+    banned = counts.most_common(1)[0][0]  # the most sampled token, so the ban has something to remove
+    first = model(torch.tensor([prompts[0]])).logits[0, -1].argmax().item()  # and the most likely first token
+    ban = Sampling(samples_per_prompt=16, max_new_tokens=12, temperature=1.0, top_p=top_p, seed=0, banned_token_ids=(banned, first))
+    assert not {banned, first} & {t for group in tokens(engine.generate(prompts, ban)) for row in group for t in row}
+
+
+def nucleus(probs: list[float], top_p: float) -> set[int]:
+    """Reference top-p in float64: most likely first, while the mass before a token is < top_p."""
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        if mass >= top_p or probs[i] == 0:
+            break
+        kept.add(i)
+        mass += probs[i]
+    return kept
+
+
+weights = st.lists(st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.3, 1.0, 2.0, 7.0]), min_size=1, max_size=12).filter(any)
+
+
+@settings(max_examples=150, deadline=None)
+@given(weights=weights, top_p=st.floats(0.05, 1.0), u=st.floats(0.0, 1.0, exclude_max=True))
+def test_inverse_cdf_sample_takes_a_token_of_the_nucleus(weights, top_p, u):
+    probs = [w / sum(weights) for w in weights]
+    sorted_probs = sorted(probs, reverse=True)
+    assume(all(abs(sum(sorted_probs[:k]) - top_p) > 1e-5 for k in range(len(probs))))  # no float32 tie at the boundary
+    token = inverse_cdf_sample(torch.tensor([probs]), torch.tensor([u]), top_p).item()
+    assert token in nucleus(probs, top_p)
+    # a one-hot distribution gives its token whatever the uniform and top-p
+    assert inverse_cdf_sample(torch.eye(len(probs))[[token]], torch.tensor([u]), top_p).item() == token
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=weights, top_p=st.floats(0.05, 1.0))
+def test_inverse_cdf_sample_with_evenly_spread_uniforms_counts_the_nucleus_probabilities(weights, top_p):
+    """N uniforms (i + ½)/N hit token k about N·p_k/M times (M: nucleus mass): ±1, plus float slack."""
+    probs = [w / sum(weights) for w in weights]
+    sorted_probs = sorted(probs, reverse=True)
+    assume(all(abs(sum(sorted_probs[:k]) - top_p) > 1e-5 for k in range(len(probs))))
+    n = 2000
+    uniforms = (torch.arange(n) + 0.5) / n
+    chosen = inverse_cdf_sample(torch.tensor([probs]).expand(n, -1), uniforms, top_p)
+    counts = torch.bincount(chosen, minlength=len(probs)).tolist()
+    kept = nucleus(probs, top_p)
+    mass = sum(probs[i] for i in kept)
+    for k, count in enumerate(counts):
+        expected = n * probs[k] / mass if k in kept else 0
+        assert abs(count - expected) <= 1.1, (k, count, expected)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.5, 1.0), (2.0, 0.8)])
+def test_seeded_sampling_matches_softmax_over_temperature_in_the_nucleus(temperature, top_p):
+    """Random uniforms through the logits processor: frequencies of softmax(logits / T), restricted to the nucleus."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -float("inf")])  # the last one banned
+    n = 40_000
+    processor = SeededSampling(torch.rand(n, 1, generator=torch.Generator().manual_seed(0)), prompt_width=3, temperature=temperature, top_p=top_p)
+    scores = processor(torch.zeros(n, 3, dtype=torch.long), logits.expand(n, -1).clone())
+    assert ((scores == 0).sum(-1) == 1).all() and ((scores == 0) | (scores == -float("inf"))).all()  # one token left
+    frequencies = torch.bincount(scores.argmax(-1), minlength=len(logits)).double() / n
+    probs = torch.softmax(logits.double() / temperature, -1).tolist()
+    kept = nucleus(probs, top_p)
+    mass = sum(probs[i] for i in kept)
+    expected = [probs[k] / mass if k in kept else 0.0 for k in range(len(probs))]
+    for k, (f, p) in enumerate(zip(frequencies.tolist(), expected)):
+        assert abs(f - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-9, (k, f, p)  # within 5 σ
 
 
 def test_cut_at_stop_keeps_the_stop_token():

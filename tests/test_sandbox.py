@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k15.reward.sandbox import SANDBOX_UIDS, UIDS, Outcome, Result, Sandbox, same_output, verdict
+from k15.reward.sandbox import SANDBOX_UIDS, UIDS, Outcome, Result, Sandbox, namespace_probe, same_output, verdict
 from k15.reward.sandbox import TestCase as Case  # a name pytest would try to collect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +31,42 @@ def sandbox() -> Sandbox:
     return Sandbox(cpu_seconds=1, memory_mb=256, wall_seconds=2.0, output_bytes=10_000, max_processes=16)
 
 
+# What isolation.py unshares; it makes no user namespace, so this needs root (CAP_SYS_ADMIN)
+UNSHARE_PROBE = """import ctypes, os, sys
+flags = 0x20000 | 0x4000000 | 0x8000000 | 0x20000000 | 0x40000000  # mount, uts, ipc, pid, net
+if ctypes.CDLL(None, use_errno=True).unshare(flags) != 0:
+    sys.exit(os.strerror(ctypes.get_errno()))"""
+
+
+def namespaces_impossible() -> str | None:
+    """Why this machine cannot give the sandbox its namespaces, or None when it can."""
+    if sys.platform != "linux":
+        return f"the sandbox's namespaces are Linux-only; this is {sys.platform}"
+    if os.geteuid() != 0:
+        return (
+            "the sandbox's namespaces need root: isolation.py unshares mount/pid/net/ipc/uts namespaces "
+            "without a user namespace, which takes CAP_SYS_ADMIN (unprivileged user namespaces would not help)"
+        )
+    probe = subprocess.run([sys.executable, "-S", "-I", "-c", UNSHARE_PROBE], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return f"root, but unshare(mount|pid|net|ipc|uts) is refused here ({probe.stderr.strip()[-200:]}): a container without CAP_SYS_ADMIN or with a seccomp filter"
+    return None
+
+
 @pytest.fixture(scope="module")
 def contained(sandbox) -> Sandbox:
+    """The sandbox, which must run in "namespaces" mode wherever this machine allows it: a broken
+    namespace setup fails these tests instead of silently skipping them."""
     if sandbox.isolation != "namespaces":
-        pytest.skip(f"needs namespaces; this machine gives {sandbox.isolation}")
+        reason = namespaces_impossible()
+        if reason is not None:
+            pytest.skip(f"containment tests need namespaces: {reason}")
+        pytest.fail(
+            f"the sandbox fell back to isolation={sandbox.isolation!r} although this machine allows namespaces "
+            f"(Linux, root, unshare works): the cell setup in k15/reward/isolation.py or cell.py failed. "
+            f"Its probe says: {namespace_probe()}",
+            pytrace=False,
+        )
     return sandbox
 
 
@@ -299,8 +332,9 @@ def test_rlimits_only_fallback_still_judges(sandbox):
 
 @pytest.fixture(scope="module")
 def cpp(sandbox) -> Sandbox:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed")
+    if not os.path.exists("/usr/bin/g++"):  # the sandbox runs /usr/bin/g++ (a namespaced cell sees only the host's /usr)
+        found = shutil.which("g++")
+        pytest.skip(f"C++ verdicts need /usr/bin/g++ (apt-get install g++){f'; {found} is outside /usr' if found else ''}")
     return sandbox
 
 

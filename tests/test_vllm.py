@@ -38,6 +38,7 @@ def assert_engine_matches_policy(engine, model, prompts):
         torch.testing.assert_close(engine_logp, trainer_logp.float(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.vllm
 def test_engine_matches_policy_before_and_after_an_update(setup):
     engine, model, prompts = setup
     assert_engine_matches_policy(engine, model, prompts)
@@ -53,6 +54,7 @@ def test_engine_matches_policy_before_and_after_an_update(setup):
     assert [g[0].token_ids for g in engine.generate(prompts, GREEDY)] != [g[0].token_ids for g in before]
 
 
+@pytest.mark.vllm
 def test_k_samples_seeded(setup):
     engine, model, prompts = setup
     sampling = Sampling(samples_per_prompt=4, max_new_tokens=16, temperature=1.0, seed=3)
@@ -62,6 +64,16 @@ def test_k_samples_seeded(setup):
     for c in (c for g in first for c in g):
         assert len(c.logprobs) == len(c.token_ids) and all(lp <= 0 for lp in c.logprobs)
         assert (c.finish_reason == "stop") == (c.token_ids[-1] == model.config.eos_token_id)
+
+
+@pytest.mark.vllm
+def test_the_k_samples_of_a_prompt_differ(setup):
+    """Each of a request's n samples has its own seed (seed + j), so they are not k copies of one draw."""
+    engine, model, prompts = setup
+    for seed in (5, None):
+        groups = engine.generate(prompts, Sampling(samples_per_prompt=8, max_new_tokens=16, temperature=1.0, seed=seed))
+        for group in groups:
+            assert len({tuple(c.token_ids) for c in group}) > 1, seed
 
 
 def test_missing_vllm_says_what_to_install(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_cli import CONF, ROOT, k15, scalars
+from k15_cli import CONF, ROOT, k15, scalars
 
 from k15.data.encode import concat_model_inputs, encode_prompt
 from k15.data.prompts import prompt_batch
@@ -115,6 +115,7 @@ def test_vllm_engine_refuses_image_prompts_with_what_to_use():
         VLLMEngine(dtype="float32").sample([Request([1, 2], images=[b"png"])], Sampling())
 
 
+@pytest.mark.slow
 def test_tiny_vlm_recipe_runs_sft_then_rl_through_the_cli(tmp_path):
     """Both stages of the tiny VLM recipe, shrunk: images shard → data module → engine → update."""
     shards = [f"--data.init_args.train_shards={VISION}/train-000000.tar.gz", f"--data.init_args.heldout_shards={VISION}/heldout-000000.tar.gz",

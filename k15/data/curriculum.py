@@ -10,37 +10,28 @@ sampler state that drew i: a resumed run draws the batches the uninterrupted run
               without replacement from a seeded generator → this rank's P
     record(keys, correct):  s ← (1 − β)·s + β·mean_k(correct), gathered from every rank
 
-See ``k15/data/sampling.py`` for the math and ``k15/data/pool.py`` for how bad samples are skipped.
+The pool is read at setup with the reader every data path shares (bad samples skipped and
+counted, ``k15/data/pool.py``), less the prompts too long for the policy (``too_long``); every
+curriculum stage must admit at least an iteration's prompts. See ``k15/data/sampling.py`` for the math.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from k15.data.pool import PromptPool, load_pool
-from k15.data.prompts import PromptBatch, ShardDataModule
+from k15.data.prompts import PromptBatch, ShardDataModule, all_ranks
 from k15.data.sampling import Stage, sampling_weights, stage_at, updated_success
-
-
-class IterationIndices(IterableDataset):
-    """0, 1, …, n − 1: placeholders the data module turns into prompt batches when consumed."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.n))
+from k15.data.shards import skip_summary
+from k15.errors import K15Error, require_at_least_one
+from k15.metrics import log_iteration
 
 
 class CurriculumDataModule(ShardDataModule):
@@ -69,6 +60,7 @@ class CurriculumDataModule(ShardDataModule):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        require_at_least_one("data", prompts_per_iteration=prompts_per_iteration, iterations=iterations)
         self.prompts_per_iteration = prompts_per_iteration
         self.iterations = iterations
         self.stages = stages or [Stage()]
@@ -85,37 +77,40 @@ class CurriculumDataModule(ShardDataModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.pool is None and stage == "fit":
-            self.pool = load_pool(self.train_urls)
+            limit = self.token_limit("max_rollout_prompt_tokens")  # the module exists, its model may not yet: not needed
+            check = None if limit is None else lambda record: self.prompt_problem(record, limit)
+            self.pool = load_pool(self.train_urls, check, f"train_shards {self.train_shards!r}")
             self.difficulties = torch.tensor(self.pool.difficulties)
             self.success = torch.zeros(len(self.pool))
             self.index = {key: i for i, key in enumerate(self.pool.keys)}
-            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.pool.skipped.items())) or "none"
-            rank_zero_info(f"k15: {len(self.pool)} RL prompts loaded; skipped: {skipped}")
+            rank_zero_info(f"k15: {len(self.pool)} RL prompts loaded; skipped: {skip_summary(self.pool.skipped)}")
+            self._check_stages()
+
+    def _check_stages(self) -> None:
+        wanted = self.prompts_per_iteration * self.trainer.world_size
+        for i, stage in enumerate(self.stages):
+            admitted = int(stage.admits(self.difficulties).sum())
+            if admitted < wanted:
+                raise K15Error(f"data stages[{i}] ({stage}) admits {admitted} of the {len(self.pool)} usable prompts of "
+                               f"{self.train_shards!r}; an iteration needs {wanted} (prompts_per_iteration × processes)")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(IterationIndices(self.iterations), batch_size=None)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, int):  # a training placeholder: draw now, with the latest success rates
-            return self.draw()
-        return batch
+        return self.placeholders(self.iterations)
 
     def draw(self) -> PromptBatch:
+        """This iteration's P prompts, with the latest success rates."""
         iteration, self.draws = self.draws, self.draws + 1
-        if iteration == 0:
-            self._log_skipped()
         stage = stage_at(self.stages, iteration)
         candidates = stage.admits(self.difficulties).nonzero().squeeze(1)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         wanted = self.prompts_per_iteration * world
-        if len(candidates) < wanted:
-            raise ValueError(f"curriculum stage {stage} admits {len(candidates)} prompts; an iteration needs {wanted}")
         # with floor 0, solved prompts (weight 0) are drawn only when too few others remain
         weights = sampling_weights(self.success[candidates], self.floor, self.prioritized).clamp(min=1e-12)
         # every rank draws the same P·world prompts (same generator, same success table) and takes its share
         picked = candidates[torch.multinomial(weights, wanted, replacement=False, generator=self.generator)]
         mine = picked[rank * self.prompts_per_iteration : (rank + 1) * self.prompts_per_iteration].tolist()
         self._log_sampler(iteration, self.stages.index(stage), candidates)
+        self.log_skipped(self.pool.skipped)
         batch = self.collate_prompts(
             [{"prompt": self.pool.prompts[i], "answer": self.pool.answers[i], "difficulty": self.pool.difficulties[i], "images": self.pool.images[i]}
              for i in mine]
@@ -126,15 +121,11 @@ class CurriculumDataModule(ShardDataModule):
     def record(self, keys: list[str], correct: Tensor) -> None:
         """Feed the success table: ``correct`` [P, k] for the prompts ``keys`` (this rank's)."""
         outcomes = list(zip(keys, correct.float().mean(dim=1).tolist(), strict=True))
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if distributed:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, outcomes)  # every rank keeps the same table
-            outcomes = [o for part in gathered for o in part]
+        outcomes = [o for part in all_ranks(outcomes) for o in part]  # every rank keeps the same table
         for key, share in outcomes:
             i = self.index[key]
             self.success[i] = updated_success(float(self.success[i]), share, self.success_decay)
-        if distributed:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             self._check_ranks_agree()
 
     def _check_ranks_agree(self) -> None:
@@ -146,19 +137,13 @@ class CurriculumDataModule(ShardDataModule):
             raise RuntimeError(f"curriculum sampler states differ across ranks after draw {self.draws}: {states}")
 
     def _log_sampler(self, iteration: int, stage: int, candidates: Tensor) -> None:
-        logger = self.trainer.logger
-        if logger is not None:  # self.log is not allowed in batch-transfer hooks; the logger is
-            success = self.success[candidates]
-            logger.log_metrics(
-                {"data/stage": float(stage), "data/stage_prompts": float(len(candidates)), "data/success_mean": float(success.mean()),
-                 "data/solved_share": float((success >= 1).float().mean())},
-                step=iteration,
-            )
-
-    def _log_skipped(self) -> None:
-        logger = self.trainer.logger
-        if logger is not None and self.pool.skipped:
-            logger.log_metrics({f"data/skipped/{reason}": float(n) for reason, n in self.pool.skipped.items()}, step=0)
+        success = self.success[candidates]  # self.log is not allowed in batch-transfer hooks; the loggers are
+        log_iteration(
+            self.trainer,
+            {"data/stage": stage, "data/stage_prompts": len(candidates), "data/success_mean": success.mean(),
+             "data/solved_share": (success >= 1).float().mean()},
+            step=iteration,
+        )
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "success": self.success.clone(), "draws": self.draws}

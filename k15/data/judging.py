@@ -20,10 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from k15.data.arithmetic import ALPHABET
-from k15.data.prompts import BatchStream
 from k15.data.sft import SFTDataModule
 from k15.reward.answer import FinalAnswerMatch
 
@@ -34,7 +32,7 @@ JUDGE_TEMPLATE = "{question}|response:{response}|reference:{reference}|judge:"
 # k15.models.tiny.char_tokenizer refuses it)
 JUDGE_ALPHABET = ALPHABET + '|{}"_' + string.ascii_lowercase
 ANSWER_WIDTH = 8  # a worked verdict pads answers to this many characters (the tiny task's have ≤ 6)
-JUDGING_FIELDS = ("question", "reference", "response", "correct")
+JUDGING_FIELDS = {"question": (str,), "reference": (str, int, float), "response": (str,), "correct": (bool, int)}
 
 
 def judging_prompt(question: str, reference: str, response: str, template: str = JUDGE_TEMPLATE) -> str:
@@ -106,11 +104,19 @@ def judging_batch(records: list[dict]) -> JudgingBatch:
 class JudgingDataModule(SFTDataModule):
     """Labelled judging records for a scalar reward model: ``steps`` batches of
     ``examples_per_step`` per epoch; the held-out set (``heldout_prompts`` records) scored as
-    ``JudgingBatch`` es too. Arguments: see ``SFTDataModule``.
+    ``JudgingBatch`` es too. Records need ``JUDGING_FIELDS``. The reward model renders its own
+    prompt from them and has no token limit to check it against, so no length is checked here.
+    Arguments: see ``SFTDataModule``.
     """
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(BatchStream(self.train_records, judging_batch, self.examples_per_step, self.steps), batch_size=None)
+    train_fields = heldout_fields = JUDGING_FIELDS
+    what = "judging records"
+
+    def draw(self) -> JudgingBatch:
+        return judging_batch(self.take(self.examples_per_step, lambda record: record))
+
+    def prompt_problem(self, record: dict, limit: int | None) -> None:
+        return None  # no policy prompt to encode
 
     def collate_prompts(self, records: list[dict]) -> JudgingBatch:
         return judging_batch(records)

@@ -9,10 +9,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
-from k15.data.encode import concat_model_inputs, encode_prompt
-from k15.data.prompts import BatchStream, ShardDataModule
+from k15.data.encode import EncodedPrompt, concat_model_inputs, encode_prompt
+from k15.data.prompts import ShardDataModule
+from k15.data.shards import PROMPT_FIELDS
+from k15.errors import require_at_least_one
 
 IGNORE_INDEX = -100
+SFT_FIELDS = PROMPT_FIELDS | {"solution": (str,)}
 
 
 @dataclass
@@ -26,27 +29,42 @@ class SFTBatch:
     model_inputs: dict[str, Tensor]
 
 
-def sft_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None) -> SFTBatch:
-    rows, model_inputs = [], []
-    for r in records:
-        encoded = encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor)
-        prompt = encoded.token_ids
-        model_inputs.append(encoded.model_inputs)
-        solution = tokenizer(r["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt + solution, [IGNORE_INDEX] * len(prompt) + solution))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+@dataclass
+class SFTRow:
+    """One unpadded sequence: the encoded prompt, then the solution and <eos>."""
+
+    input_ids: list[int]
+    labels: list[int]
+    model_inputs: dict[str, Tensor]
+
+
+def sft_row(prompt: EncodedPrompt, solution: str, tokenizer: PreTrainedTokenizerBase) -> SFTRow:
+    target = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return SFTRow(prompt.token_ids + target, [IGNORE_INDEX] * len(prompt.token_ids) + target, prompt.model_inputs)
+
+
+def padded(rows: list[SFTRow], pad_token_id: int) -> SFTBatch:
+    width = max(len(row.input_ids) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id)
     labels = torch.full((len(rows), width), IGNORE_INDEX)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        attention_mask[i, : len(ids)] = 1
-    return SFTBatch(input_ids=input_ids, attention_mask=attention_mask, labels=labels, model_inputs=concat_model_inputs(model_inputs))
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row.input_ids)] = torch.tensor(row.input_ids)
+        labels[i, : len(row.labels)] = torch.tensor(row.labels)
+        attention_mask[i, : len(row.input_ids)] = 1
+    return SFTBatch(input_ids, attention_mask, labels, concat_model_inputs([row.model_inputs for row in rows]))
+
+
+def sft_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None) -> SFTBatch:
+    rows = [sft_row(encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor), r["solution"], tokenizer) for r in records]
+    return padded(rows, tokenizer.pad_token_id)
 
 
 class SFTDataModule(ShardDataModule):
     """Worked solutions for the long-CoT warm-up: ``steps`` batches of ``examples_per_step`` per epoch.
+
+    A record whose prompt + solution + <eos> is longer than the model's context is skipped
+    (``too_long``), as is one with an image PIL cannot decode (``bad_image``).
 
     Args:
         examples_per_step: sequences per optimizer step.
@@ -54,11 +72,26 @@ class SFTDataModule(ShardDataModule):
         **kwargs: see ``ShardDataModule``.
     """
 
+    train_fields = SFT_FIELDS
+    what = "SFT examples"
+
     def __init__(self, *args, examples_per_step: int = 64, steps: int = 300, **kwargs):
         super().__init__(*args, **kwargs)
+        require_at_least_one("data", examples_per_step=examples_per_step, steps=steps)
         self.examples_per_step = examples_per_step
         self.steps = steps
 
     def train_dataloader(self) -> DataLoader:
-        collate = lambda records: sft_batch(records, self.tokenizer, self.processor)  # noqa: E731
-        return DataLoader(BatchStream(self.train_records, collate, self.examples_per_step, self.steps), batch_size=None)
+        return self.placeholders(self.steps)
+
+    def draw(self) -> SFTBatch:
+        limit = self.token_limit("context_tokens")
+
+        def prepare(record: dict) -> SFTRow | str:
+            prompt = self.checked_prompt(record, limit)
+            if isinstance(prompt, str):
+                return prompt
+            row = sft_row(prompt, record["solution"], self.tokenizer)
+            return "too_long" if limit is not None and len(row.input_ids) > limit else row
+
+        return padded(self.take(self.examples_per_step, prepare), self.tokenizer.pad_token_id)

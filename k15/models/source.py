@@ -41,6 +41,11 @@ class ModelSource:
         """Turns image + text prompts into model inputs; None for a text-only model."""
         return None
 
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + completion, image tokens included) the model takes,
+        known before the model is built, so data can be checked against it at start-up."""
+        raise NotImplementedError
+
 
 class Pretrained(ModelSource):
     """A folder written by ``save_pretrained`` holding both the model and its tokenizer.
@@ -66,6 +71,10 @@ class Pretrained(ModelSource):
         vision = hasattr(AutoConfig.from_pretrained(self.path), "vision_config")
         auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         return auto.from_pretrained(self.path, dtype="float32")
+
+    def max_positions(self) -> int:
+        config = AutoConfig.from_pretrained(self.path)
+        return getattr(config, "text_config", config).max_position_embeddings
 
     def processor(self) -> ProcessorMixin | None:
         if not (Path(self.path) / "processor_config.json").is_file():
@@ -113,6 +122,9 @@ class TinyQwen2(ModelSource):
 
     def model(self) -> PreTrainedModel:
         return tiny_qwen2(self._tokenizer, **self.shape)
+
+    def max_positions(self) -> int:
+        return self.shape["max_position_embeddings"]
 
 
 class TinyVLM(ModelSource):
@@ -167,3 +179,6 @@ class TinyVLM(ModelSource):
 
     def model(self) -> PreTrainedModel:
         return tiny_llava(self._tokenizer, **self.shape)
+
+    def max_positions(self) -> int:
+        return self.shape["max_position_embeddings"]

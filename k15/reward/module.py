@@ -19,12 +19,14 @@ rewards are what they are. Swapping the math checker for a reward model is a YAM
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from k15.metrics import shares
 from k15.reward.answer import FinalAnswerMatch, Verifier
 from k15.reward.terms import Responses, Shaping
 
@@ -38,11 +40,12 @@ class Rewards:
     parts: dict[str, Tensor]  # term name → w_c(i) · s_c [P, k]; "correct" → 1[correct_j]
     reasons: dict[str, list[str]]  # term name → [N] why each response scored as it did
 
-    def breakdown(self) -> dict[str, float]:
-        """``reward/<term>``: mean weighted part; ``reward/<term>/<reason>``: share of responses."""
+    def breakdown(self, known: Mapping[str, Iterable[str]] | None = None) -> dict[str, float]:
+        """``reward/<term>``: mean weighted part; ``reward/<term>/<reason>``: share of responses,
+        also 0 for each reason in ``known[term]`` (seen in earlier iterations) that none has now."""
         out = {f"reward/{name}": float(part.mean()) for name, part in self.parts.items()}
         for name, reasons in self.reasons.items():
-            out |= {f"reward/{name}/{reason}": count / len(reasons) for reason, count in sorted(Counter(reasons).items())}
+            out |= shares(Counter(reasons), (known or {}).get(name, ()), f"reward/{name}/")
         return out
 
     def explain(self, n: int) -> str:

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -246,19 +247,27 @@ def run_on_cell(mode: str, job: dict, payload: list[bytes], patience: float) -> 
     return reply
 
 
-@cache
-def isolation_mode() -> str:
-    """The isolation this machine allows, probed once: "namespaces", else "rlimits-only"."""
+def namespace_probe() -> str | None:
+    """Why a namespaced cell cannot run a trivial program here, or None when it can."""
     uid = UIDS.get()
     limits = {"cpu": 2, "memory": 1 << 28, "file": 1 << 20, "processes": 4, "open_files": 16}
     job = {"uid": uid, "language": "python", "program": 9, "stdins": [0], "limits": limits, "wall": 10.0, "output_bytes": 64, "scratch": 1 << 20}
     try:
         reply, outputs = run_on_cell("namespaces", job, [b"print(42)"], 20.0)
-        return "namespaces" if reply["runs"][0][0] == 0 and outputs.startswith(b"42") else "rlimits-only"
-    except (OSError, RuntimeError):
-        return "rlimits-only"
+        return None if reply["runs"][0][0] == 0 and outputs.startswith(b"42") else f"the probe answered {reply['runs']} / {outputs[:200]!r}"
+    except (OSError, RuntimeError) as error:
+        return f"{type(error).__name__}: {error}"
     finally:
         UIDS.put(uid)
+
+
+@cache
+def isolation_mode() -> str:
+    """The isolation this machine allows, probed once: "namespaces", else "rlimits-only" (with a warning saying why)."""
+    failure = namespace_probe()
+    if failure is not None:
+        warnings.warn(f"code sandbox: no namespaces here ({failure}); falling back to rlimits-only, which contains trusted code only", stacklevel=2)
+    return "namespaces" if failure is None else "rlimits-only"
 
 
 def default_python() -> tuple[str, list[str]]:

@@ -31,6 +31,7 @@ class AutoEngine(Engine):
         except VLLMUnavailable as error:
             rank_zero_warn(f"AutoEngine: rolling out with Hugging Face generate, because {error}")
             self.engine = HFEngine(hf_max_batch_size)
+        self.max_model_len = self.engine.max_model_len
 
     def sync(self, model: nn.Module) -> None:
         self.engine.sync(model)

@@ -22,13 +22,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from k15.data.prompts import PromptBatch
+from k15.errors import require_at_least_one
+from k15.metrics import log_iteration, shares
 from k15.reward.terms import Responses
 from k15.rollout.batch import Rollout, pack_trajectories
 from k15.rollout.engine import Completion, Engine, Request, Sampling
 from k15.rollout.repetition import RepeatDetector
 from k15.rollout.trajectory import UNFINISHED_REASON, Group, ReplayBuffer, Segment, Trajectory
 
-SAMPLES_PER_ITERATION_SEED_STRIDE = 1 << 20  # iteration i's samples use seeds seed + i·2²⁰ + j
+SAMPLES_PER_ITERATION_SEED_STRIDE = 1 << 20  # sample j of iteration i on rank r (of R): seed + (i·R + r)·2²⁰ + j
+FINISH_REASONS = ("stop", "max_length", "repeat", UNFINISHED_REASON)  # how a segment ends (Trajectory.finish_reason)
 
 
 class RolloutCallback(Callback):
@@ -45,8 +48,8 @@ class RolloutCallback(Callback):
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
         stop_token_ids: tokens that end a response as <eos> does (the engine's tokenizer ids).
-        seed: sample j of iteration i is seeded ``seed + i·2²⁰ + j``, so a resumed run samples as
-            the original.
+        seed: sample j of iteration i on rank r (of R ranks) is seeded ``seed + (i·R + r)·2²⁰ + j``,
+            so a resumed run samples as the original and no two ranks share a seed.
         repeat_detector: stops a trajectory where it starts looping and marks it ``repeat``
             (None: off). A ``RepetitionPenalty`` reward term then penalises it.
         text_samples_every_n_iterations: log a few completions as TensorBoard text this often.
@@ -66,8 +69,12 @@ class RolloutCallback(Callback):
         repeat_detector: RepeatDetector | None = None,
         text_samples_every_n_iterations: int = 10,
     ):
-        if segment_tokens is not None and segment_tokens < 1:
-            raise ValueError(f"segment_tokens must be ≥ 1 or null, got {segment_tokens}")
+        require_at_least_one("rollout", samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
+                             segment_tokens=segment_tokens, text_samples_every_n_iterations=text_samples_every_n_iterations)
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"rollout.temperature must be a finite number ≥ 0 (0: greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
         self.engine = engine
         self.samples_per_prompt = samples_per_prompt
         self.max_new_tokens = max_new_tokens
@@ -83,6 +90,7 @@ class RolloutCallback(Callback):
         self.banned_token_ids: tuple[int, ...] = ()  # the policy's unsampled_token_ids, set in setup
         self.segment_outcomes: Counter[str] = Counter()  # this iteration: stop / repeat / max_length / budget
         self.new_tokens = 0  # tokens generated this iteration
+        self.reasons_seen: dict[str, set[str]] = {}  # reward term → every reason it gave so far (logged as 0 when absent)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.banned_token_ids = pl_module.unsampled_token_ids
@@ -92,10 +100,11 @@ class RolloutCallback(Callback):
             raise ValueError("rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null in the YAML")
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
+        return {"buffer": self.buffer.state_dict(), "reasons_seen": {term: sorted(r) for term, r in self.reasons_seen.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.buffer.load_state_dict(state_dict["buffer"])
+        self.reasons_seen = {term: set(r) for term, r in state_dict.get("reasons_seen", {}).items()}
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int) -> None:
         iteration = pl_module.iteration
@@ -103,7 +112,8 @@ class RolloutCallback(Callback):
         self.engine.wake_up()
         self.engine.sync(pl_module.model)
         synced = time.perf_counter()
-        batch.rollout = self.rollout(batch, pl_module.tokenizer, pl_module.reward, iteration)
+        first_seed = self.first_seed(iteration, trainer.global_rank, trainer.world_size)
+        batch.rollout = self.rollout(batch, pl_module.tokenizer, pl_module.reward, iteration, first_seed)
         self.engine.sleep()
         if batch.rollout is not None:
             record = getattr(trainer.datamodule, "record", None)  # a data module that tracks success rates
@@ -113,9 +123,15 @@ class RolloutCallback(Callback):
             batch.rollout.to(pl_module.device)
         self._log(trainer, pl_module, batch.rollout, synced - start, time.perf_counter() - synced, iteration)
 
-    def rollout(self, batch: PromptBatch, tokenizer, reward, iteration: int) -> Rollout | None:
+    def first_seed(self, iteration: int, rank: int = 0, world_size: int = 1) -> int:
+        """The seed of sample 0 of ``iteration`` on ``rank``: ``seed + (i·R + r)·2²⁰``."""
+        return self.seed + (iteration * world_size + rank) * SAMPLES_PER_ITERATION_SEED_STRIDE
+
+    def rollout(self, batch: PromptBatch, tokenizer, reward, iteration: int, first_seed: int | None = None) -> Rollout | None:
         """Continue the buffered trajectories and start k per new prompt on the (already synced)
-        engine; score and pack the groups that finished. None when no group finished."""
+        engine, sample j seeded ``first_seed + j`` (default: a single process's); score and pack
+        the groups that finished. None when no group finished."""
+        first_seed = self.first_seed(iteration) if first_seed is None else first_seed
         k = self.samples_per_prompt
         keys = batch.keys or [None] * len(batch)
         fresh = [
@@ -125,12 +141,12 @@ class RolloutCallback(Callback):
             )
         ]
         groups = self.buffer.take() + fresh
-        self.extend(groups, iteration)
+        self.extend(groups, iteration, first_seed)
         self.buffer.put([g for g in groups if not g.finished])
         finished = [g for g in groups if g.finished]
         return self.score(finished, tokenizer, reward, iteration) if finished else None
 
-    def extend(self, groups: list[Group], iteration: int) -> None:
+    def extend(self, groups: list[Group], iteration: int, first_seed: int) -> None:
         """Generate one segment, of ≤ segment_tokens, for every unfinished trajectory."""
         budget = min(self.segment_tokens or self.max_new_tokens, self.max_new_tokens)
         requests, targets = [], []
@@ -144,9 +160,8 @@ class RolloutCallback(Callback):
                     limit = min(budget, self.max_new_tokens - len(t))
                     requests.append(Request(group.prompt_ids + t.token_ids, 1, limit, group.images, group.model_inputs))
                     targets.append([t])
-        seed = self.seed + iteration * SAMPLES_PER_ITERATION_SEED_STRIDE
         sampling = Sampling(
-            temperature=self.temperature, top_p=self.top_p, seed=seed, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids
+            temperature=self.temperature, top_p=self.top_p, seed=first_seed, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids
         )
         completions = self.engine.sample(requests, sampling)
         self.segment_outcomes, self.new_tokens = Counter(), 0
@@ -204,15 +219,14 @@ class RolloutCallback(Callback):
         )
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, rollout: Rollout | None, sync_s: float, rollout_s: float, iteration: int) -> None:
-        segments = sum(self.segment_outcomes.values())
         metrics = {
             "rollout/sync_seconds": sync_s,
             "rollout/seconds": rollout_s,  # generation, scoring and packing
             "rollout/tokens_per_s": self.new_tokens / rollout_s,
             "rollout/buffer_groups": float(len(self.buffer)),
             "rollout/buffer_trajectories": float(self.buffer.unfinished_trajectories),
-        }
-        metrics.update({f"rollout/finish_{reason}": count / segments for reason, count in self.segment_outcomes.items()})
+            "rollout/groups_finished": 0.0 if rollout is None else float(len(rollout.prompts)),
+        } | shares(self.segment_outcomes, FINISH_REASONS, "rollout/finish_")
         if rollout is not None:
             lengths = rollout.completion_lengths.float()
             completion = rollout.versions >= 0
@@ -221,18 +235,19 @@ class RolloutCallback(Callback):
                 "rollout/accuracy": rollout.rewards.correct.mean(),
                 "rollout/response_len_mean": lengths.mean(),
                 "rollout/response_len_max": lengths.max(),
-                "rollout/groups_finished": float(len(rollout.prompts)),
                 # tokens sampled by an older policy than π_θi: what partial rollouts trade for speed
                 "rollout/stale_token_share": ((rollout.versions < iteration) & completion).sum() / completion.sum(),
                 # groups whose k rewards differ: the only ones that carry a learning signal
                 "rollout/mixed_groups": (rollout.rewards.total.std(dim=1) > 0).float().mean(),
-            } | rollout.rewards.breakdown()
+            } | rollout.rewards.breakdown(self.reasons_seen)
+            for term, reasons in rollout.rewards.reasons.items():
+                self.reasons_seen.setdefault(term, set()).update(reasons)
             pl_module.log_dict({"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]}, prog_bar=True, logger=False, batch_size=1)
-        pl_module.log_dict(metrics, batch_size=1)
+        log_iteration(trainer, metrics, iteration)
         if rollout is not None and isinstance(trainer.logger, TensorBoardLogger) and iteration % self.text_samples_every_n_iterations == 0:
             k = rollout.samples_per_prompt
             lines = [
                 f"`{rollout.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.explain(n)})"
                 for n in range(0, min(len(rollout.texts), 4 * k), k)
             ]
-            trainer.logger.experiment.add_text("rollout/samples", "\n\n".join(lines), global_step=trainer.global_step)
+            trainer.logger.experiment.add_text("rollout/samples", "\n\n".join(lines), global_step=iteration)

@@ -60,7 +60,12 @@ class Completion:
 
 
 class Engine:
-    """Generates completions from the current policy weights."""
+    """Generates completions from the current policy weights.
+
+    ``max_model_len``: the longest prompt + completion the engine serves (None: the model's own limit).
+    """
+
+    max_model_len: int | None = None
 
     def sync(self, model: nn.Module) -> None:
         """Make the engine sample from ``model``'s current weights (θ_i)."""
@@ -70,7 +75,8 @@ class Engine:
         """Return ``request.samples`` completions for each request: [R][samples].
 
         With a seed, the j-th completion of the whole call (counting request by request) is
-        sampled with seed ``sampling.seed + j`` where the engine seeds per sequence.
+        sampled with seed ``sampling.seed + j``: it does not depend on the other requests of the
+        call nor on how the engine batches them. Without one, every completion gets a fresh seed.
         """
         raise NotImplementedError
 

@@ -13,6 +13,7 @@ import tempfile
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import nn
 
+from k15.rng import restore_rng_states, rng_states
 from k15.rollout.engine import Completion, Engine, Request, Sampling
 
 INSTALL_HINT = (
@@ -77,6 +78,7 @@ class VLLMEngine(Engine):
         if sleep_between_rollouts and not self.sleep_mode:
             rank_zero_info(f"vLLM sleep mode is unavailable on {current_platform.device_type}: the engine stays resident between rollouts")
         self.asleep = False
+        self.max_model_len = max_model_len
         self.engine_args = dict(
             dtype=dtype,
             max_model_len=max_model_len,
@@ -99,9 +101,11 @@ class VLLMEngine(Engine):
 
     def sync(self, model: nn.Module) -> None:
         if self.llm is None:
+            states = rng_states()  # vLLM seeds the global generators of the process it starts in
             with tempfile.TemporaryDirectory() as folder:
                 model.save_pretrained(folder)
                 self.llm = self.vllm.LLM(model=folder, **self.engine_args)
+            restore_rng_states(states)
             eos = model.generation_config.eos_token_id
             self.eos_token_ids = eos if isinstance(eos, list) else [eos]
             return

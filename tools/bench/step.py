@@ -58,7 +58,6 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from k15.data.arithmetic import ALPHABET  # noqa: E402
 from k15.data.prompts import PromptDataModule  # noqa: E402
-from k15.data.shards import read_records  # noqa: E402
 from k15.losses import KimiLoss  # noqa: E402
 from k15.models import Pretrained, TinyQwen2  # noqa: E402
 from k15.policy import PolicyModule  # noqa: E402
@@ -189,8 +188,7 @@ def run_k15(path: str, args, log: IterationLog) -> None:
 def run_trl(path: str, args, log: IterationLog, output_dir: str) -> None:
     verifier, iterations = FinalAnswerMatch("A:"), WARMUP + args.iterations
     data = prompt_data(args)  # the stream k15's data module reads: same shards, shuffle buffer and seed
-    stream = read_records(data.train_urls, data.shuffle_buffer, data.seed, loop=True)
-    records = itertools.islice(stream, args.prompts * iterations)
+    records = itertools.islice(data.stream, args.prompts * iterations)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": str(r["answer"])} for r in records])
 
     def correctness(prompts, completions, answer, **kwargs):

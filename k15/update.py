@@ -1,0 +1,113 @@
+"""One RL iteration's policy update (k1.5 §2.3.2), as a plain function of the model, the rollout and
+the optimizer: no Lightning inside, so a test can hold it against a hand-computed update.
+
+    reset the optimizer state (each iteration is a new mirror-descent problem)
+    for each of ``passes`` passes:
+        order ← a permutation of the N = P·k trajectories, drawn from ``generator``
+        for each step of S rows of ``order``:
+            g ← Σ over length-bucketed micro-batches mb of ∇[share(mb) · L(θ; mb)]   (one step's gradient)
+            L and ‖g‖ finite?  clip g to norm c, optimizer step  :  drop the step (``FiniteGuard``)
+
+π_θi's log-probs (the reference) are an input; ``None`` takes them from the first step's own
+forwards, which run at θ = θ_i when that step covers every trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from k15.finite import FiniteGuard
+from k15.logprobs import token_logprobs
+from k15.losses import PolicyLoss, sequence_log_ratio
+from k15.microbatch import micro_batches
+from k15.rollout.batch import Rollout
+
+
+@dataclass
+class UpdateStats:
+    ref_logp: Tensor  # [N, T] log π_θi of every token
+    advantages: Tensor  # [N]
+    step_losses: list[Tensor]  # one per attempted step
+    log_ratios: Tensor  # ℓ_j as each micro-batch's loss saw it (0 on the first pass, where θ = θ_i)
+    grad_norms: list[float]  # before clipping, one per attempted step
+    skipped_steps: int  # dropped as non-finite
+
+
+def gradient_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
+    """The gradients' global norm (over every rank's shards), clipping them to ``max_norm`` if set."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if max_norm is None:
+        norm = torch.nn.utils.get_total_norm(grads)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+
+
+def update_policy(
+    model: nn.Module,
+    rollout: Rollout,
+    loss: PolicyLoss,
+    optimizer: torch.optim.Optimizer,
+    ref_logp: Tensor | None,
+    *,
+    generator: torch.Generator,
+    guard: FiniteGuard,
+    passes: int = 1,
+    trajectories_per_step: int | None = None,
+    micro_batch_tokens: int | None = None,
+    gradient_clip_norm: float | None = None,
+    reset_optimizer: bool = True,
+    scheduler=None,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+    agree: Callable[[bool], bool] = lambda ok: ok,
+) -> UpdateStats:
+    """Take ``passes`` passes of steps over ``rollout``'s trajectories; see the module docstring.
+
+    ``backward`` and ``agree`` let a strategy take part (Lightning's ``manual_backward``; every
+    rank's finite/not-finite decision combined, so sharded ranks step or skip together).
+    """
+    n = len(rollout.input_ids)
+    step = trajectories_per_step or n
+    reference_from_first_step = ref_logp is None
+    if reference_from_first_step:
+        if step < n:
+            raise ValueError("the reference can come from the first step only when that step covers every trajectory")
+        ref_logp = torch.zeros(rollout.input_ids.shape, device=rollout.input_ids.device)
+    advantages = loss.advantages(rollout.rewards.total).to(ref_logp.device)
+    raw = getattr(optimizer, "optimizer", optimizer)  # under Lightning's wrapper (which only redirects step)
+    if reset_optimizer:
+        raw.state.clear()
+    parameters = [p for group in raw.param_groups for p in group["params"]]
+    lengths = rollout.attention_mask.sum(dim=1)
+    step_losses, log_ratios, grad_norms, skipped = [], [], [], 0
+    for _ in range(passes):
+        for rows in torch.randperm(n, generator=generator).to(ref_logp.device).split(step):
+            raw.zero_grad()
+            step_loss = torch.zeros((), device=ref_logp.device)
+            for mb in micro_batches(lengths, rows, micro_batch_tokens):
+                width = int(lengths[mb].max())
+                ids, mask, in_loss = rollout.input_ids[mb, :width], rollout.attention_mask[mb, :width], rollout.loss_mask[mb, :width]
+                logp = token_logprobs(model, ids, mask, **rollout.inputs_for(mb))
+                if reference_from_first_step:
+                    ref_logp[mb, :width] = logp.detach()
+                part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.share(in_loss, rollout.loss_mask[rows])
+                backward(part)
+                step_loss += part.detach()
+                log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[mb, :width], in_loss))
+            reference_from_first_step = False
+            norm = gradient_norm(parameters, gradient_clip_norm)
+            step_losses.append(step_loss)
+            grad_norms.append(float(norm))
+            if guard.allows(step_loss, norm, agree=agree):
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            else:
+                skipped += 1
+            raw.zero_grad()
+    return UpdateStats(ref_logp, advantages, step_losses, torch.cat(log_ratios), grad_norms, skipped)
+

@@ -1,0 +1,68 @@
+"""Running the real ``python -m k15`` in a subprocess, and reading what a run leaves behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def k15(*args: str, cwd: Path = ROOT, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "k15", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"k15 {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def data_args(shard_dir: Path) -> list[str]:
+    return [
+        f"--data.init_args.train_shards={shard_dir}/train-*.tar.gz",
+        f"--data.init_args.heldout_shards={shard_dir}/heldout-*.tar.gz",
+        "--data.init_args.heldout_prompts=12",
+        "--data.init_args.heldout_prompts_per_batch=6",
+    ]
+
+
+SMALL_MODEL = [
+    "--model.init_args.model.init_args.hidden_size=64",
+    "--model.init_args.model.init_args.num_layers=2",
+    "--model.init_args.model.init_args.num_heads=2",
+    "--model.init_args.model.init_args.num_kv_heads=1",
+    "--model.init_args.model.init_args.intermediate_size=128",
+]
+SMALL_RL = [
+    "--data.init_args.prompts_per_iteration=4",
+    "--model.init_args.rollout.init_args.samples_per_prompt=4",
+    "--model.init_args.rollout.init_args.max_new_tokens=16",
+    "--model.init_args.heldout_max_new_tokens=16",
+]
+
+
+def scalars(log_dir: Path) -> dict[str, list]:
+    """Every scalar tag's events, and the text tags under ``__text__``."""
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]} | {"__text__": events.Tags()["tensors"]}
+
+
+def exported_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The policy's weights in a Lightning checkpoint (a file, or an FSDP2 distributed-checkpoint folder),
+    named as in ``save_pretrained`` (``model.`` prefix of the LightningModule attribute removed)."""
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        dcp_to_torch_save(path, path.with_suffix(".pt"))
+        path = path.with_suffix(".pt")
+    state = torch.load(path, weights_only=False, map_location="cpu")["state_dict"]
+    return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
