@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from k15_cli import CONF, checkpoint_weights, data_args, k15, scalars
+from tars import tar_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +133,32 @@ def test_shares_describe_their_iteration_alone(tiny_dir, shard_dir, tmp_path):
     summary = json.loads((tmp_path / "runs/shares/version_0/summary.json").read_text())
     wall = summary["wall_s"]  # rounded to 0.01 s
     assert summary["finished"] is True and summary["tokens_per_s"] == pytest.approx(summary["trained_tokens"] / wall, rel=0.006 / wall + 1e-3)
+
+
+def test_damaged_shards_through_the_cli_are_skipped_counted_or_one_line(tiny_dir, shard_dir, tmp_path):
+    """The default data path in a real run: a directory, a zero-byte shard, a truncated one and a
+    100k-character prompt beside good shards are counted and the run finishes; a set with nothing
+    usable is one ``k15: error:`` line naming it."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for n, good in enumerate(sorted(shard_dir.glob("train-*.tar.gz"))[:2]):  # read after the damaged ones (name order)
+        (shards / f"train-z{n}.tar.gz").write_bytes(good.read_bytes())
+    whole = sorted(shard_dir.glob("train-*.tar.gz"))[2].read_bytes()
+    (shards / "train-cut.tar.gz").write_bytes(whole[:200])  # cut inside its first record
+    (shards / "train-empty.tar.gz").write_bytes(b"")
+    (shards / "train-dir.tar.gz").mkdir()
+    (shards / "train-long.tar").write_bytes(tar_bytes({"x.json": json.dumps({"prompt": "Q:" + "1" * 100_000 + "=", "answer": "1", "difficulty": 1}).encode()}))
+    run = tiny_run(tiny_dir, shard_dir, "damaged", 3, f"--data.init_args.train_shards={shards}/train-*", "--data.init_args.shuffle_buffer=0")
+    result = k15(*run, cwd=tmp_path, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    logged = scalars(tmp_path / "runs/damaged/version_0")
+    counts = {tag.split("/")[-1]: logged[tag][-1].value for tag in logged if tag.startswith("data/skipped/")}
+    assert counts == {"corrupt_shard": 2.0, "not_a_file": 1.0, "too_long": 1.0}, counts
+    assert "corrupt_shard" in result.stderr and "not_a_file" in result.stderr  # the start-up line
+
+    for path in shards.glob("train-z*"):
+        path.unlink()
+    result = k15(*run, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("k15: error:"), result.stderr[-2000:]
+    assert f"{shards}/train-*" in result.stderr.strip().splitlines()[-1]

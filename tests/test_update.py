@@ -214,3 +214,17 @@ def test_advantages_pinned_to_hand_computed_values():
     torch.testing.assert_close(normalized_advantages(rewards), torch.tensor(expected), rtol=1e-6, atol=1e-7)
     assert KimiLoss().advantages(rewards).tolist() == mean_baseline_advantages(rewards).tolist()
     torch.testing.assert_close(GRPOLoss().advantages(rewards), normalized_advantages(rewards))
+
+
+@pytest.mark.gpu
+def test_the_update_on_a_gpu_equals_the_cpu_update(policy):
+    """The same update on CUDA: the seeded row order and the finite checks behave alike there."""
+    rollout = rollout_of(*ROLLOUT_ARGS)
+    cpu, gpu = copy.deepcopy(policy), copy.deepcopy(policy).cuda()
+    run_update(cpu, rollout, torch.optim.SGD(cpu.parameters(), lr=0.05), trajectories_per_step=4, micro_batch_tokens=12,
+               ref_logp=token_logprobs(policy, rollout.input_ids, rollout.attention_mask).detach())
+    on_gpu = rollout_of(*ROLLOUT_ARGS)
+    on_gpu.to("cuda")
+    run_update(gpu, on_gpu, torch.optim.SGD(gpu.parameters(), lr=0.05), trajectories_per_step=4, micro_batch_tokens=12,
+               ref_logp=token_logprobs(gpu, on_gpu.input_ids, on_gpu.attention_mask).detach())
+    assert_all_close([p.cpu() for p in deltas(policy, gpu.cpu())], deltas(policy, cpu), rtol=1e-5, atol=1e-9)

@@ -131,8 +131,7 @@ class CurriculumDataModule(ShardDataModule):
     def _check_ranks_agree(self) -> None:
         """Every rank must hold the same sampler state: the draws, and rank 0's checkpoint, rely on it."""
         state = hashlib.sha256(self.success.numpy().tobytes() + self.generator.get_state().numpy().tobytes()).hexdigest()
-        states = [None] * dist.get_world_size()
-        dist.all_gather_object(states, (state, self.draws))
+        states = all_ranks((state, self.draws))
         if len(set(states)) > 1:
             raise RuntimeError(f"curriculum sampler states differ across ranks after draw {self.draws}: {states}")
 
@@ -150,7 +149,7 @@ class CurriculumDataModule(ShardDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self.success is not None and len(state_dict["success"]) != len(self.success):
-            raise ValueError(
+            raise K15Error(
                 f"the checkpoint's success table covers {len(state_dict['success'])} prompts, the shards now hold "
                 f"{len(self.success)}: resume with the shards the run started with"
             )
