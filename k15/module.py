@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import PreTrainedModel
 
 from k15.data.prompts import PromptBatch
+from k15.errors import require_at_least_one
 from k15.finite import FiniteGuard, require_finite_weights
 from k15.models import ModelSource
 from k15.reward import RewardModule
@@ -67,8 +68,7 @@ class LanguageModule(LightningModule):
     ):
         super().__init__()
         check_learning_rates(optimizer)
-        if heldout_max_new_tokens < 1:
-            raise ValueError(f"model.heldout_max_new_tokens must be ≥ 1, got {heldout_max_new_tokens}")
+        require_at_least_one("model", heldout_max_new_tokens=heldout_max_new_tokens)
         self.source = model
         self.processor = model.processor()  # None for a text-only model
         self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()

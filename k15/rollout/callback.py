@@ -28,10 +28,9 @@ from k15.reward.terms import Responses
 from k15.rollout.batch import Rollout, pack_trajectories
 from k15.rollout.engine import Completion, Engine, Request, Sampling
 from k15.rollout.repetition import RepeatDetector
-from k15.rollout.trajectory import UNFINISHED_REASON, Group, ReplayBuffer, Segment, Trajectory
+from k15.rollout.trajectory import FINISH_REASONS, UNFINISHED_REASON, Group, ReplayBuffer, Segment, Trajectory
 
 SAMPLES_PER_ITERATION_SEED_STRIDE = 1 << 20  # sample j of iteration i on rank r (of R): seed + (i·R + r)·2²⁰ + j
-FINISH_REASONS = ("stop", "max_length", "repeat", UNFINISHED_REASON)  # how a segment ends (Trajectory.finish_reason)
 
 
 class RolloutCallback(Callback):

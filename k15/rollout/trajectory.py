@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 UNFINISHED_REASON = "budget"  # cut by the iteration's token budget; continues next iteration
+FINISH_REASONS = ("stop", "max_length", "repeat", UNFINISHED_REASON)  # how a segment ends (see Trajectory)
 
 
 @dataclass
