@@ -27,7 +27,14 @@ from k15.errors import K15Error  # noqa: E402
 # Lines of jsonargparse's messages that repeat the whole offending config, list the Union
 # alternatives or say "a subclass failed" once per nesting level: they bury the line that names
 # the key, which the remaining "Parser key … / Problem with given class_path …" chain leads to.
-NOISE = ("Given value:", "Given value type:", "Subtypes:", "Expected a <class 'NoneType'>", "Does not validate against any of the Union subtypes", "Errors:")
+NOISE = (
+    "Given value:",
+    "Given value type:",
+    "Subtypes:",
+    "Expected a <class 'NoneType'>",
+    "Does not validate against any of the Union subtypes",
+    "Errors:",
+)
 
 
 def without_noise(message: str) -> str:

@@ -34,7 +34,10 @@ def require_finite_weights(model: nn.Module, what: str, agree: Callable[[bool], 
     """Raise ``RunStopped`` before ``what`` is written if any weight is inf/NaN on any rank.
     ``agree`` combines the ranks' answers (every rank must reach the same decision)."""
     if not agree(all_finite(model.parameters())):
-        raise RunStopped(f"the policy's weights are non-finite (an update overflowed): refusing to write {what}; the last good checkpoint is untouched")
+        raise RunStopped(
+            f"the policy's weights are non-finite (an update overflowed): refusing to write {what}; the last good "
+            "checkpoint is untouched"
+        )
 
 
 class FiniteGuard:
@@ -62,8 +65,8 @@ class FiniteGuard:
         if self.in_a_row >= self.max_skipped_in_a_row:
             raise RunStopped(
                 f"{self.in_a_row} optimizer steps in a row had a non-finite loss or gradient norm (last: "
-                f"{', '.join(f'{float(v):g}' for v in values)}); stopped without taking them. Lower the learning rate, raise "
-                "tau, or check the rewards; the last good checkpoint is untouched"
+                f"{', '.join(f'{float(v):g}' for v in values)}); stopped without taking them. Lower the learning "
+                "rate, raise tau, or check the rewards; the last good checkpoint is untouched"
             )
         return False
 

@@ -50,7 +50,7 @@ def kimi_k15_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, advantages: Tens
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
     """PPO/GRPO clipped surrogate, averaged over loss tokens:
 
-        L = −Σ_{j,t} min(ρ_jt a_j, clip(ρ_jt, 1−ε, 1+ε) a_j) / Σ mask,    ρ_jt = π_θ(y_t)/π_old(y_t)
+    L = −Σ_{j,t} min(ρ_jt a_j, clip(ρ_jt, 1−ε, 1+ε) a_j) / Σ mask,    ρ_jt = π_θ(y_t)/π_old(y_t)
     """
     rho = torch.exp(logp - old_logp)
     a = advantages[:, None]

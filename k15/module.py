@@ -129,7 +129,9 @@ class LanguageModule(LightningModule):
             Request(ids, 1, self.heldout_max_new_tokens, images, inputs)
             for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)
         ]
-        completions = hf_sample(self.model, requests, Sampling(temperature=0.0, banned_token_ids=self.unsampled_token_ids))
+        completions = hf_sample(
+            self.model, requests, Sampling(temperature=0.0, banned_token_ids=self.unsampled_token_ids)
+        )
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct, _ = self.reward.judge(batch.prompts, texts, batch.answers)
         self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)

@@ -12,7 +12,6 @@ The rollout callback has already sampled k trajectories per prompt and scored th
 from __future__ import annotations
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from k15.data.prompts import PromptBatch
@@ -36,8 +35,8 @@ class PolicyModule(LanguageModule):
             see ``LanguageModule``.
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
-        loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …).
-        reference: the π_ref scorer.
+        loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …; None: ``KimiLoss(tau=0.5)``).
+        reference: the π_ref scorer (None: a ``ReferenceModule`` of its own).
         reset_optimizer_each_iteration: clear optimizer state at the start of every iteration
             (the paper's choice).
         passes_per_iteration: passes over the iteration's trajectories.
@@ -59,8 +58,8 @@ class PolicyModule(LanguageModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         heldout_max_new_tokens: int = 64,
-        loss: PolicyLoss = lazy_instance(KimiLoss, tau=0.5),
-        reference: ReferenceModule = lazy_instance(ReferenceModule),
+        loss: PolicyLoss | None = None,
+        reference: ReferenceModule | None = None,
         reset_optimizer_each_iteration: bool = True,
         passes_per_iteration: int = 2,
         trajectories_per_step: int | None = None,
@@ -71,13 +70,19 @@ class PolicyModule(LanguageModule):
     ):
         super().__init__(model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row)
         self.rollout = rollout
-        require_at_least_one("model", passes_per_iteration=passes_per_iteration, trajectories_per_step=trajectories_per_step,
-                             micro_batch_tokens=micro_batch_tokens)
+        require_at_least_one(
+            "model",
+            passes_per_iteration=passes_per_iteration,
+            trajectories_per_step=trajectories_per_step,
+            micro_batch_tokens=micro_batch_tokens,
+        )
         if gradient_clip_norm is not None and not gradient_clip_norm > 0:
             raise ValueError(f"model.gradient_clip_norm must be > 0 or null, got {gradient_clip_norm}")
+        loss = loss or KimiLoss(tau=0.5)
         if loss.group_baseline and rollout.samples_per_prompt < 2:
             raise ValueError(
-                f"model.rollout.samples_per_prompt is {rollout.samples_per_prompt}, but {type(loss).__name__}'s baseline "
+                f"model.rollout.samples_per_prompt is {rollout.samples_per_prompt}, but {type(loss).__name__}'s "
+                "baseline "
                 "compares a prompt's k samples: with k = 1 every advantage is 0 and nothing is learned; use k ≥ 2"
             )
         if self.max_rollout_prompt_tokens < 1:
@@ -87,7 +92,7 @@ class PolicyModule(LanguageModule):
             )
         self.automatic_optimization = False
         self.loss = loss
-        self.reference = reference
+        self.reference = reference or ReferenceModule()
         self.reset_optimizer_each_iteration = reset_optimizer_each_iteration
         self.passes_per_iteration = passes_per_iteration
         self.trajectories_per_step = trajectories_per_step
@@ -109,7 +114,10 @@ class PolicyModule(LanguageModule):
     def setup(self, stage: str) -> None:
         if self.micro_batch_tokens is not None and self.trainer.world_size > 1:
             # ranks would run different numbers of sharded forwards per step and deadlock
-            raise ValueError("model.micro_batch_tokens needs a single process for now; set it to null (conf/strategy/fsdp2.yaml does)")
+            raise ValueError(
+                "model.micro_batch_tokens needs a single process for now; set it to null (conf/strategy/fsdp2.yaml "
+                "does)"
+            )
 
     def configure_callbacks(self):
         return super().configure_callbacks() + [self.rollout]
@@ -127,7 +135,11 @@ class PolicyModule(LanguageModule):
         # With π_ref = π_θi and a first optimizer step over every row, that step's forwards run at
         # θ = θ_i: their detached log-probs are π_θi's, so no separate reference pass is needed.
         from_first_step = self.reference.mode == "iteration" and (self.trajectories_per_step or n) >= n
-        ref_logp = None if from_first_step else self.reference(self.model, rollout.input_ids, rollout.attention_mask, rollout.inputs_for)
+        ref_logp = (
+            None
+            if from_first_step
+            else self.reference(self.model, rollout.input_ids, rollout.attention_mask, rollout.inputs_for)
+        )
         stats = update_policy(
             self.model,
             rollout,

@@ -38,7 +38,11 @@ class ReferenceModule(LightningModule):
 
     @torch.no_grad()
     def forward(
-        self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor, model_inputs: Callable[[Tensor], dict[str, Tensor]] = lambda rows: {}
+        self,
+        policy: nn.Module,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        model_inputs: Callable[[Tensor], dict[str, Tensor]] = lambda rows: {},
     ) -> Tensor:
         """[N, T] log-probs; ``model_inputs(rows)`` gives those rows' extra forward inputs (pixel_values)."""
         scorer = self.initial if self.mode == "initial" else policy
@@ -48,5 +52,7 @@ class ReferenceModule(LightningModule):
         # passes depends on N alone, so sharded ranks stay in step
         for rows in lengths.argsort(descending=True).split(self.trajectories_per_pass):
             width = int(lengths[rows].max())
-            out[rows, :width] = token_logprobs(scorer, input_ids[rows, :width], attention_mask[rows, :width], **model_inputs(rows))
+            out[rows, :width] = token_logprobs(
+                scorer, input_ids[rows, :width], attention_mask[rows, :width], **model_inputs(rows)
+            )
         return out

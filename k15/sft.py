@@ -14,7 +14,9 @@ class SFTModule(LanguageModule):
     """
 
     def training_step(self, batch: SFTBatch, batch_idx: int):
-        loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, **batch.model_inputs).loss
+        loss = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, **batch.model_inputs
+        ).loss
         step = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
         if not self.guard.allows(loss, agree=self.agree):
             log_iteration(self.trainer, {"train/skipped_steps": self.guard.skipped}, step)

@@ -54,11 +54,18 @@ class CheckpointOnSignal(Callback):
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         signum = self.received or signal.SIGTERM  # a rank told by another rank
-        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.log_dir) / "checkpoints"
+        folder = (
+            Path(trainer.checkpoint_callback.dirpath)
+            if trainer.checkpoint_callback
+            else Path(trainer.log_dir) / "checkpoints"
+        )
         path = folder / "last.ckpt"
         trainer.save_checkpoint(path)
         done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
-        raise RunStopped(f"stopped by {signal.Signals(signum).name} after {done} training batches; resume with --ckpt_path={path}", 128 + signum)
+        raise RunStopped(
+            f"stopped by {signal.Signals(signum).name} after {done} training batches; resume with --ckpt_path={path}",
+            128 + signum,
+        )
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for signum, handler in self.previous.items():

@@ -47,7 +47,13 @@ def percentile(values: list[float], q: int) -> float | None:
 
 class RunSummary(Callback):
     def __init__(self):
-        self.state = {"heldout_acc_before": None, "heldout_acc_after": None, "tokens": 0, "iteration_seconds": [], "wall_s": 0.0}
+        self.state = {
+            "heldout_acc_before": None,
+            "heldout_acc_after": None,
+            "tokens": 0,
+            "iteration_seconds": [],
+            "wall_s": 0.0,
+        }
         self.started = self.batch_started = 0.0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -98,7 +104,9 @@ class RunSummary(Callback):
             "iteration_s_p90": percentile(self.state["iteration_seconds"], 90),
             "steps": trainer.global_step,
         }
-        log_dir = trainer.log_dir if finished else trainer.logger and trainer.logger.log_dir  # log_dir: a collective, every rank asks
+        log_dir = (
+            trainer.log_dir if finished else trainer.logger and trainer.logger.log_dir
+        )  # log_dir: a collective, every rank asks
         if not trainer.is_global_zero:
             return
         width = max(map(len, summary))

@@ -90,11 +90,17 @@ def update_policy(
             step_loss = torch.zeros((), device=ref_logp.device)
             for mb in micro_batches(lengths, rows, micro_batch_tokens):
                 width = int(lengths[mb].max())
-                ids, mask, in_loss = rollout.input_ids[mb, :width], rollout.attention_mask[mb, :width], rollout.loss_mask[mb, :width]
+                ids, mask, in_loss = (
+                    rollout.input_ids[mb, :width],
+                    rollout.attention_mask[mb, :width],
+                    rollout.loss_mask[mb, :width],
+                )
                 logp = token_logprobs(model, ids, mask, **rollout.inputs_for(mb))
                 if reference_from_first_step:
                     ref_logp[mb, :width] = logp.detach()
-                part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.share(in_loss, rollout.loss_mask[rows])
+                part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.share(
+                    in_loss, rollout.loss_mask[rows]
+                )
                 backward(part)
                 step_loss += part.detach()
                 log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[mb, :width], in_loss))
@@ -110,4 +116,3 @@ def update_policy(
                 skipped += 1
             raw.zero_grad()
     return UpdateStats(ref_logp, advantages, step_losses, torch.cat(log_ratios), grad_norms, skipped)
-

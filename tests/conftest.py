@@ -31,7 +31,9 @@ def tiny_dir(tmp_path_factory, alphabet) -> Path:
     """A randomly initialised tiny Qwen2 + tokenizer, saved with save_pretrained."""
     from k15.models import TinyQwen2
 
-    source = TinyQwen2(alphabet, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)  # head_dim 32: the smallest vLLM CPU attention takes
+    source = TinyQwen2(
+        alphabet, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128
+    )  # head_dim 32: the smallest vLLM CPU attention takes
     path = tmp_path_factory.mktemp("tiny")
     source.model().save_pretrained(path)
     source.tokenizer().save_pretrained(path)
@@ -43,7 +45,18 @@ def shard_dir(tmp_path_factory) -> Path:
     """Small train/held-out shards written by the real tools/make_shards.py."""
     out = tmp_path_factory.mktemp("shards")
     subprocess.run(
-        [sys.executable, str(ROOT / "tools/make_shards.py"), "--out", str(out), "--train", "300", "--heldout", "40", "--records-per-shard", "100"],
+        [
+            sys.executable,
+            str(ROOT / "tools/make_shards.py"),
+            "--out",
+            str(out),
+            "--train",
+            "300",
+            "--heldout",
+            "40",
+            "--records-per-shard",
+            "100",
+        ],
         check=True,
         cwd=ROOT,
         capture_output=True,
@@ -85,7 +98,11 @@ def pytest_configure(config):
 def pytest_timeout_set_timer(item, settings):
     from pytest_timeout import is_debugging
 
-    if settings.method == "signal" and _backstop_stderr is not None and (settings.disable_debugger_detection or not is_debugging()):
+    if (
+        settings.method == "signal"
+        and _backstop_stderr is not None
+        and (settings.disable_debugger_detection or not is_debugging())
+    ):
         faulthandler.dump_traceback_later(settings.timeout + BACKSTOP_GRACE, exit=True, file=_backstop_stderr)
     # returns None: pytest-timeout's own timer is set as well
 

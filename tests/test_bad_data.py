@@ -21,6 +21,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from tars import tar_bytes
 
 from k15.data.arithmetic import ALPHABET
 from k15.data.curriculum import CurriculumDataModule
@@ -36,7 +37,6 @@ from k15.reward.scalar_rm import ScalarRMModule
 from k15.rollout import RolloutCallback
 from k15.rollout.hf import HFEngine
 from k15.sft import SFTModule
-from tars import tar_bytes
 
 CONTEXT = 64  # the tiny models' max_position_embeddings
 ROLLOUT_TOKENS = 16  # RL prompts may have up to 64 − 16 = 48 tokens
@@ -49,7 +49,9 @@ def record(path: str, i: int, tokens: int = 0) -> dict:
     prompt = f"Q:{i}+1=" if not tokens else f"Q:{i}+" + "1" * (tokens - 1 - len(f"Q:{i}+=")) + "="  # <bos> + characters
     if path == "judging":
         return {"question": prompt, "reference": str(i + 1), "response": f"A:{i + 1}", "correct": True}
-    return {"prompt": prompt, "answer": str(i + 1), "difficulty": 1} | ({"solution": f"A:{i + 1}"} if path == "sft" else {})
+    return {"prompt": prompt, "answer": str(i + 1), "difficulty": 1} | (
+        {"solution": f"A:{i + 1}"} if path == "sft" else {}
+    )
 
 
 def identity(path: str, rec: dict) -> str:
@@ -57,7 +59,9 @@ def identity(path: str, rec: dict) -> str:
 
 
 def write_tar(file, records: dict[str, dict | bytes]) -> None:
-    file.write_bytes(tar_bytes({f"{key}.json": r if isinstance(r, bytes) else json.dumps(r).encode() for key, r in records.items()}))
+    file.write_bytes(
+        tar_bytes({f"{key}.json": r if isinstance(r, bytes) else json.dumps(r).encode() for key, r in records.items()})
+    )
 
 
 def too_long(path: str) -> dict:
@@ -100,15 +104,25 @@ def write_case(folder, path: str, case: str) -> tuple[set[str], set[str]]:
         data[1024 + 100 : 1024 + 110] = bytes(b ^ 0xFF for b in data[1024 + 100 : 1024 + 110])
         (folder / "train-0.tar").write_bytes(bytes(data))
     elif case == "invalid_utf8_json":
-        write_tar(folder / "train-0.tar", {"a": json.dumps(record(path, 100)).replace("Q:", "Q\xe9:").encode("latin-1")} | sentinel)
+        write_tar(
+            folder / "train-0.tar",
+            {"a": json.dumps(record(path, 100)).replace("Q:", "Q\xe9:").encode("latin-1")} | sentinel,
+        )
     elif case == "missing_field":
-        write_tar(folder / "train-0.tar", {"a": {k: v for k, v in record(path, 100).items() if k not in ("answer", "correct")}} | sentinel)
+        write_tar(
+            folder / "train-0.tar",
+            {"a": {k: v for k, v in record(path, 100).items() if k not in ("answer", "correct")}} | sentinel,
+        )
     elif case == "over_long_prompt":
         damaged = {"a": too_long(path)}
         write_tar(folder / "train-0.tar", damaged | sentinel)
     elif case == "bad_image":
         damaged = {"a": record(path, 100)}
-        members = {"a.json": json.dumps(damaged["a"]).encode(), "a.png": b"\x89PNG not really", "z.json": json.dumps(sentinel["z"]).encode()}
+        members = {
+            "a.json": json.dumps(damaged["a"]).encode(),
+            "a.png": b"\x89PNG not really",
+            "z.json": json.dumps(sentinel["z"]).encode(),
+        }
         (folder / "train-0.tar").write_bytes(tar_bytes(members))
     elif case == "directory":
         (folder / "train-0.d").mkdir()
@@ -126,17 +140,31 @@ def trainer_for(path: str, log_dir) -> lightning.Trainer:
         module = SFTModule(TinyQwen2(ALPHABET, max_position_embeddings=CONTEXT), heldout_max_new_tokens=HELDOUT_TOKENS)
     else:
         rollout = RolloutCallback(HFEngine(), max_new_tokens=ROLLOUT_TOKENS)
-        module = PolicyModule(TinyQwen2(ALPHABET, max_position_embeddings=CONTEXT), rollout, heldout_max_new_tokens=HELDOUT_TOKENS)
-    trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(log_dir, name="log"), enable_progress_bar=False,
-                                enable_model_summary=False)
+        module = PolicyModule(
+            TinyQwen2(ALPHABET, max_position_embeddings=CONTEXT), rollout, heldout_max_new_tokens=HELDOUT_TOKENS
+        )
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(log_dir, name="log"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.strategy.connect(module)
     return trainer
 
 
 def data_module(path: str, pattern: str, trainer: lightning.Trainer):
-    cls = {"prompts": PromptDataModule, "heldout": PromptDataModule, "sft": SFTDataModule, "judging": JudgingDataModule,
-           "pool": CurriculumDataModule}[path]
-    size = {"sft": {"examples_per_step": 1}, "judging": {"examples_per_step": 1}}.get(path, {"prompts_per_iteration": 1})
+    cls = {
+        "prompts": PromptDataModule,
+        "heldout": PromptDataModule,
+        "sft": SFTDataModule,
+        "judging": JudgingDataModule,
+        "pool": CurriculumDataModule,
+    }[path]
+    size = {"sft": {"examples_per_step": 1}, "judging": {"examples_per_step": 1}}.get(
+        path, {"prompts_per_iteration": 1}
+    )
     dm = cls(pattern, pattern, shuffle_buffer=0, heldout_prompts=100, **size)
     dm.trainer = trainer
     dm.setup("fit")
@@ -169,13 +197,20 @@ def logged(trainer: lightning.Trainer) -> dict[str, float]:
     if not os.path.exists(f"{trainer.logger.log_dir}/metrics.csv"):
         return {}  # nothing was logged
     with open(f"{trainer.logger.log_dir}/metrics.csv") as rows:
-        return {name: float(value) for row in csv.DictReader(rows) for name, value in row.items() if value and name != "step"}
+        return {
+            name: float(value)
+            for row in csv.DictReader(rows)
+            for name, value in row.items()
+            if value and name != "step"
+        }
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("path", PATHS)
 def test_a_bad_sample_or_shard_is_skipped_counted_and_the_rest_arrive(tmp_path, path, case):
-    reason = CASES[case] if not (path == "judging" and case in ("over_long_prompt", "bad_image")) else None  # a reward model
+    reason = (
+        CASES[case] if not (path == "judging" and case in ("over_long_prompt", "bad_image")) else None
+    )  # a reward model
     good, damaged = write_case(tmp_path / "shards", path, case)  # checks no length and uses no image
     trainer = trainer_for(path, tmp_path)
     dm = data_module(path, str(tmp_path / "shards/train-*"), trainer)
@@ -196,7 +231,9 @@ def test_a_bad_sample_or_shard_is_skipped_counted_and_the_rest_arrive(tmp_path, 
 
 
 # a scalar reward model checks no length, so "everything too long" is not a judging case
-@pytest.mark.parametrize(("path", "everything"), [(p, e) for p in PATHS for e in ("broken", "too_long") if (p, e) != ("judging", "too_long")])
+@pytest.mark.parametrize(
+    ("path", "everything"), [(p, e) for p in PATHS for e in ("broken", "too_long") if (p, e) != ("judging", "too_long")]
+)
 def test_a_set_with_nothing_usable_is_one_error_naming_its_shards(tmp_path, path, everything):
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -226,8 +263,11 @@ def test_the_counts_are_printed_once_at_the_first_read(tmp_path, caplog):
             dm.on_before_batch_transfer(i, 0)
         dm.heldout_records()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("k15:")]
-    assert lines == [f"k15: streaming RL prompts from 3 shard(s) of {str(tmp_path / 'shards/train-*')!r}; skipped so far: 1 missing_field",
-                     "k15: 7 held-out RL prompts loaded; skipped: 1 missing_field"], lines
+    assert lines == [
+        f"k15: streaming RL prompts from 3 shard(s) of {str(tmp_path / 'shards/train-*')!r}; skipped so far: 1 "
+        "missing_field",
+        "k15: 7 held-out RL prompts loaded; skipped: 1 missing_field",
+    ], lines
 
 
 def gz_of(raw: bytes) -> bytes:
@@ -242,26 +282,38 @@ def test_the_reader_finds_every_cut_and_flip_and_keeps_what_came_before(tmp_path
     damaged = {
         **{f"gz_cut_{n}.tar.gz": gz[: len(gz) * n // 10] for n in range(1, 10)},  # the gzip stream cut short
         **{f"tar_cut_{n}.tar": raw[: member * n] for n in (1, 7, 30)},  # cut between members: no end-of-archive block
-        **{f"tar_cut_{n}.tar.gz": gz_of(raw[: member * n]) for n in (1, 7, 30)},  # …then gzipped whole: only the tar tells
+        **{
+            f"tar_cut_{n}.tar.gz": gz_of(raw[: member * n]) for n in (1, 7, 30)
+        },  # …then gzipped whole: only the tar tells
         "gz_flip.tar.gz": gz[: len(gz) // 2] + bytes([gz[len(gz) // 2] ^ 0xFF]) + gz[len(gz) // 2 + 1 :],
         "gz_crc.tar.gz": gz[:-8] + bytes([gz[-8] ^ 0xFF]) + gz[-7:],  # the checksum at the very end
-        "header_flip.tar": raw[: member * 5 + 100] + bytes(b ^ 0xFF for b in raw[member * 5 + 100 : member * 5 + 110]) + raw[member * 5 + 110 :],
+        "header_flip.tar": raw[: member * 5 + 100]
+        + bytes(b ^ 0xFF for b in raw[member * 5 + 100 : member * 5 + 110])
+        + raw[member * 5 + 110 :],
     }
     order = list(records)
     for name, data in damaged.items():
         (tmp_path / name).write_bytes(data)
         skipped = Counter()
         got = [r["__key__"].split(":")[1] for r in read_records([str(tmp_path / name)], skipped)]
-        assert skipped["corrupt_shard"] == 1 and (skipped == {"corrupt_shard": 1} or name == "gz_flip.tar.gz"), (name, skipped)
+        assert skipped["corrupt_shard"] == 1 and (skipped == {"corrupt_shard": 1} or name == "gz_flip.tar.gz"), (
+            name,
+            skipped,
+        )
         assert got == order[: len(got)], name  # records before the damage, in order
     # the sample being read when the damage came is lost too (its other members may be)
-    assert len(read_records_of(tmp_path, "header_flip.tar")) == 4 and len(read_records_of(tmp_path, "tar_cut_30.tar")) == 29
+    assert (
+        len(read_records_of(tmp_path, "header_flip.tar")) == 4
+        and len(read_records_of(tmp_path, "tar_cut_30.tar")) == 29
+    )
 
     (tmp_path / "whole.tar").write_bytes(raw)  # and no false alarm: whole shards, gzipped or not, and an empty one
     (tmp_path / "whole.tar.gz").write_bytes(gz)
     (tmp_path / "empty.tar").write_bytes(tar_bytes({}))
     skipped = Counter()
-    assert len(list(read_records([str(tmp_path / n) for n in ("whole.tar", "whole.tar.gz", "empty.tar")], skipped))) == 60
+    assert (
+        len(list(read_records([str(tmp_path / n) for n in ("whole.tar", "whole.tar.gz", "empty.tar")], skipped))) == 60
+    )
     assert not skipped
 
 
@@ -290,7 +342,9 @@ def stream_set(folder, path: str) -> str:
 
 
 def contents(batch) -> list:
-    return batch.input_ids.tolist() if hasattr(batch, "input_ids") else getattr(batch, "prompts", None) or batch.questions
+    return (
+        batch.input_ids.tolist() if hasattr(batch, "input_ids") else getattr(batch, "prompts", None) or batch.questions
+    )
 
 
 @pytest.mark.parametrize("path", ["prompts", "sft", "judging"])
@@ -298,8 +352,11 @@ def test_a_restored_stream_draws_the_uninterrupted_batches(tmp_path, path):
     pattern = stream_set(tmp_path / "shards", path)
 
     def fresh():
-        cls, size = {"prompts": (PromptDataModule, "prompts_per_iteration"), "sft": (SFTDataModule, "examples_per_step"),
-                     "judging": (JudgingDataModule, "examples_per_step")}[path]
+        cls, size = {
+            "prompts": (PromptDataModule, "prompts_per_iteration"),
+            "sft": (SFTDataModule, "examples_per_step"),
+            "judging": (JudgingDataModule, "examples_per_step"),
+        }[path]
         dm = cls(pattern, pattern, shuffle_buffer=5, seed=1, **{size: 3})
         dm.trainer = trainer_for(path, tmp_path)
         dm.setup("fit")
@@ -313,7 +370,9 @@ def test_a_restored_stream_draws_the_uninterrupted_batches(tmp_path, path):
     resumed.load_state_dict(state)
     assert [contents(resumed.on_before_batch_transfer(i, 0)) for i in range(5, 14)] == drawn[5:]
     assert resumed.stream.skipped == first.stream.skipped
-    assert first.stream.skipped["corrupt_shard"] >= 2 and first.stream.skipped["missing_field"] >= 3  # bad records met, on two passes
+    assert (
+        first.stream.skipped["corrupt_shard"] >= 2 and first.stream.skipped["missing_field"] >= 3
+    )  # bad records met, on two passes
     assert first.stream.skipped["too_long"] >= 6 if path != "judging" else "too_long" not in first.stream.skipped
     rows = [repr(row) for batch in drawn for row in batch]
     assert len(set(rows)) < len(rows)  # 42 draws from a pass of ≤ 21: the second pass is in there
@@ -350,11 +409,22 @@ class Recorder(lightning.LightningModule):
 def fit(pattern: str, checkpoints, ckpt_path: str | None = None) -> list[list[str]]:
     """Two epochs of 3 iterations through Lightning's own loop (which prefetches a batch ahead)."""
     module = Recorder()
-    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                                limit_val_batches=0, num_sanity_val_steps=0,
-                                callbacks=[ModelCheckpoint(checkpoints, every_n_train_steps=1, save_top_k=-1)])
-    trainer.fit(module, datamodule=PromptDataModule(pattern, pattern, shuffle_buffer=5, seed=1, prompts_per_iteration=3, iterations=3),
-                ckpt_path=ckpt_path)
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[ModelCheckpoint(checkpoints, every_n_train_steps=1, save_top_k=-1)],
+    )
+    trainer.fit(
+        module,
+        datamodule=PromptDataModule(pattern, pattern, shuffle_buffer=5, seed=1, prompts_per_iteration=3, iterations=3),
+        ckpt_path=ckpt_path,
+    )
     return module.prompts
 
 
@@ -362,18 +432,24 @@ def fit(pattern: str, checkpoints, ckpt_path: str | None = None) -> list[list[st
 def test_a_run_resumed_from_its_checkpoint_gets_the_uninterrupted_prompts(tmp_path, after):
     pattern = stream_set(tmp_path / "shards", "prompts")
     uninterrupted = fit(pattern, tmp_path / "run")
-    assert not set(sum(uninterrupted[3:], [])) & set(sum(uninterrupted[:3], []))  # epoch 2 goes on; it does not start over
+    assert not set(sum(uninterrupted[3:], [])) & set(
+        sum(uninterrupted[:3], [])
+    )  # epoch 2 goes on; it does not start over
     (checkpoint,) = (tmp_path / "run").glob(f"epoch=*-step={after}.ckpt")
     assert fit(pattern, tmp_path / "resumed", str(checkpoint)) == uninterrupted[after:]
 
 
 def _draw_on_rank(rank: int, folder: str, results) -> None:
-    import torch.distributed as dist
-
     from datetime import timedelta
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2, timeout=timedelta(minutes=2))
-    trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2, timeout=timedelta(minutes=2)
+    )
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.strategy.connect(Recorder())
     dm = PromptDataModule(f"{folder}/train-*.tar", f"{folder}/train-*.tar", shuffle_buffer=0, prompts_per_iteration=2)
     dm.trainer = trainer
@@ -388,7 +464,10 @@ def test_every_rank_reads_its_own_shards_and_the_checkpoint_holds_every_ranks_po
     import torch.multiprocessing as mp
 
     for shard in range(2):
-        write_tar(tmp_path / f"train-{shard}.tar", {"x": {"no": "fields"}} | {f"{j}": record("prompts", 10 * shard + j) for j in range(5)})
+        write_tar(
+            tmp_path / f"train-{shard}.tar",
+            {"x": {"no": "fields"}} | {f"{j}": record("prompts", 10 * shard + j) for j in range(5)},
+        )
     results = mp.Manager().dict()
     mp.spawn(_draw_on_rank, args=(str(tmp_path), results), nprocs=2)
     (state, prompts_0), (same_state, prompts_1) = results[0], results[1]

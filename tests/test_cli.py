@@ -16,8 +16,22 @@ pytestmark = pytest.mark.slow
 def sft_run(tmp_path_factory, shard_dir):
     """Stage 1 through the CLI, in a scratch working directory."""
     cwd = tmp_path_factory.mktemp("run")
-    args = ["--data.init_args.steps=4", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1", "--model.init_args.heldout_max_new_tokens=16"]
-    k15("fit", "-c", str(CONF / "tiny_sft.yaml"), *data_args(shard_dir), "--data.init_args.examples_per_step=8", *SMALL_MODEL, *args, cwd=cwd)
+    args = [
+        "--data.init_args.steps=4",
+        "--trainer.val_check_interval=2",
+        "--trainer.log_every_n_steps=1",
+        "--model.init_args.heldout_max_new_tokens=16",
+    ]
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny_sft.yaml"),
+        *data_args(shard_dir),
+        "--data.init_args.examples_per_step=8",
+        *SMALL_MODEL,
+        *args,
+        cwd=cwd,
+    )
     return cwd
 
 
@@ -44,17 +58,40 @@ trainer:
 
 def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
     (sft_run / "ckpt.yaml").write_text(CHECKPOINT_EVERY_ITERATION)
-    rl = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", "ckpt.yaml", *data_args(shard_dir), *SMALL_RL,
-          "--data.init_args.iterations=3", "--trainer.val_check_interval=3", "--model.init_args.passes_per_iteration=2"]
+    rl = [
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        "ckpt.yaml",
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=3",
+        "--trainer.val_check_interval=3",
+        "--model.init_args.passes_per_iteration=2",
+    ]
     k15(*rl, cwd=sft_run)
     log_dir = sft_run / "runs/tiny/version_0"
     logged = scalars(log_dir)
-    for tag in ("rollout/reward", "rollout/accuracy", "rollout/response_len_mean", "rollout/response_len_max",
-                "rollout/tokens_per_s", "train/loss", "train/log_ratio_mean", "train/log_ratio_abs_max", "heldout/accuracy"):
+    for tag in (
+        "rollout/reward",
+        "rollout/accuracy",
+        "rollout/response_len_mean",
+        "rollout/response_len_max",
+        "rollout/tokens_per_s",
+        "train/loss",
+        "train/log_ratio_mean",
+        "train/log_ratio_abs_max",
+        "heldout/accuracy",
+    ):
         assert tag in logged, tag
     assert len(logged["rollout/reward"]) == 3
     # the reward's breakdown: each term's weighted part, and the share of each reason
-    shares = [logged[f"reward/correct/{why}"][-1].value for why in ("match", "mismatch", "no_answer") if f"reward/correct/{why}" in logged]
+    shares = [
+        logged[f"reward/correct/{why}"][-1].value
+        for why in ("match", "mismatch", "no_answer")
+        if f"reward/correct/{why}" in logged
+    ]
     assert abs(sum(shares) - 1) < 1e-6 and logged["reward/correct"][-1].value == logged["rollout/accuracy"][-1].value
     assert "reward/length" in logged and "reward/repetition/clean" in logged
     assert "rollout/samples/text_summary" in logged["__text__"]
@@ -65,7 +102,9 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
     heldout = logged["heldout/accuracy"]
     assert [s.step for s in heldout] == [0, 2]
     assert [s.step for s in logged["rollout/reward"]] == [0, 1, 2]
-    assert (summary["heldout_acc_before"], summary["heldout_acc_after"]) == pytest.approx((heldout[0].value, heldout[1].value))
+    assert (summary["heldout_acc_before"], summary["heldout_acc_after"]) == pytest.approx(
+        (heldout[0].value, heldout[1].value)
+    )
     AutoModelForCausalLM.from_pretrained(sft_run / "runs/tiny/hf")
 
     # resume from the checkpoint taken after iteration 1 of 3: the run does iterations 2 and 3 only
@@ -76,21 +115,48 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
 
 
 def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
-    out = k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "loss/grpo.yaml"), *data_args(shard_dir), *SMALL_RL,
-              "--data.init_args.iterations=1", "--trainer.val_check_interval=1", "--trainer.logger.init_args.name=grpo", "--print_config", cwd=sft_run)
+    out = k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "loss/grpo.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=1",
+        "--trainer.val_check_interval=1",
+        "--trainer.logger.init_args.name=grpo",
+        "--print_config",
+        cwd=sft_run,
+    )
     assert yaml.safe_load(out.stdout)["model"]["init_args"]["loss"]["class_path"] == "k15.losses.GRPOLoss"
-    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "loss/grpo.yaml"), *data_args(shard_dir), *SMALL_RL,
-        "--data.init_args.iterations=1", "--trainer.val_check_interval=1", "--trainer.logger.init_args.name=grpo", cwd=sft_run)
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "loss/grpo.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=1",
+        "--trainer.val_check_interval=1",
+        "--trainer.logger.init_args.name=grpo",
+        cwd=sft_run,
+    )
     assert "train/loss" in scalars(sft_run / "runs/grpo/version_0")
 
 
 RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml"))
-OVERLAYS = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml"))  # conf/sft/ overlays tiny_sft.yaml, the rest tiny.yaml
+OVERLAYS = sorted(
+    p.relative_to(CONF) for p in CONF.glob("*/*.yaml")
+)  # conf/sft/ overlays tiny_sft.yaml, the rest tiny.yaml
 
 
 @pytest.mark.parametrize("config", RECIPES + OVERLAYS, ids=str)
 def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
-    stack = [] if config in RECIPES else ["-c", str(CONF / ("tiny_sft.yaml" if config.parts[0] == "sft" else "tiny.yaml"))]
+    stack = (
+        [] if config in RECIPES else ["-c", str(CONF / ("tiny_sft.yaml" if config.parts[0] == "sft" else "tiny.yaml"))]
+    )
     first = k15("fit", *stack, "-c", str(CONF / config), "--print_config").stdout
     (tmp_path / "printed.yaml").write_text(first)
     assert k15("fit", "-c", str(tmp_path / "printed.yaml"), "--print_config").stdout == first
@@ -105,10 +171,23 @@ def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
         (["-c", "conf/does_not_exist.yaml"], ["does_not_exist.yaml"]),
         (["--model.init_args.model.init_args.path=/no/model/here"], ["Pretrained.path", "/no/model/here"]),
         # a model built from config, so the reward is reached even where no SFT export exists (CI)
-        (["--model.init_args.model=k15.models.TinyQwen2", "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
-          "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.FormatReward, init_args: {weight: 0.5}}]"], ["shaping", "pattern"]),
-        (["--model.init_args.model=k15.models.TinyQwen2", "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
-          "--model.init_args.reward.init_args.shaping=[k15.reward.LengthPenalty, k15.reward.LengthPenalty]"], ["reward.shaping", "length"]),
+        (
+            [
+                "--model.init_args.model=k15.models.TinyQwen2",
+                "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
+                "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.FormatReward, init_args: "
+                "{weight: 0.5}}]",
+            ],
+            ["shaping", "pattern"],
+        ),
+        (
+            [
+                "--model.init_args.model=k15.models.TinyQwen2",
+                "--model.init_args.model.init_args.alphabet=0123456789+=,:AQ",
+                "--model.init_args.reward.init_args.shaping=[k15.reward.LengthPenalty, k15.reward.LengthPenalty]",
+            ],
+            ["reward.shaping", "length"],
+        ),
     ],
 )
 def test_bad_config_is_one_clear_message(override, names):
@@ -124,17 +203,32 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
     """Two gloo processes, the policy sharded with fully_shard (ModelParallelStrategy), the same
     manual-optimization update loop; the export gathers the full weights: exactly the trained
     ones, as the run's final (sharded) checkpoint holds them."""
-    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml"), *data_args(shard_dir), *SMALL_RL,
-        "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=fsdp2",
-        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 1, save_top_k: -1}}, "
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "strategy/fsdp2.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.logger.init_args.name=fsdp2",
+        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
+        "{every_n_train_steps: 1, save_top_k: -1}}, "
         "{class_path: k15.export.ExportPretrained, init_args: {dirpath: runs/fsdp2/hf}}, k15.summary.RunSummary]",
-        cwd=sft_run, env=os.environ | {"MASTER_PORT": str(master_port)})
+        cwd=sft_run,
+        env=os.environ | {"MASTER_PORT": str(master_port)},
+    )
     logged = scalars(sft_run / "runs/fsdp2/version_0")
     assert len(logged["rollout/reward"]) == 2 and "heldout/accuracy" in logged
     exported = AutoModelForCausalLM.from_pretrained(sft_run / "runs/fsdp2/hf")
     assert exported.config.hidden_size == 64
     assert json.loads((sft_run / "runs/fsdp2/version_0/summary.json").read_text())["steps"] == 2
-    trained, weights = checkpoint_weights(sft_run / "runs/fsdp2/version_0/checkpoints/epoch=0-step=2.ckpt"), exported_weights(sft_run / "runs/fsdp2/hf")
+    trained, weights = (
+        checkpoint_weights(sft_run / "runs/fsdp2/version_0/checkpoints/epoch=0-step=2.ckpt"),
+        exported_weights(sft_run / "runs/fsdp2/hf"),
+    )
     assert weights.keys() <= trained.keys() and all(torch.equal(trained[key], weights[key]) for key in weights)
     before = AutoModelForCausalLM.from_pretrained(sft_run / "runs/tiny_sft/hf").state_dict()
     assert any(not torch.equal(before[key], weights[key]) for key in weights)  # it did train
@@ -144,23 +238,48 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
 def test_curriculum_sampler_stays_identical_across_two_processes(sft_run, shard_dir, master_port):
     """Every rank draws from its own copy of the sampler; after each iteration's outcomes the
     ranks compare their success tables and generator states (a mismatch stops the run)."""
-    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml"), "-c", str(CONF / "data/curriculum.yaml"),
-        *data_args(shard_dir), *SMALL_RL, "--data.init_args.iterations=3", "--trainer.val_check_interval=3",
-        "--data.init_args.stages=[{until: 1, max_difficulty: 2}, {until: null}]", "--trainer.logger.init_args.name=fsdp_curriculum",
-        "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run, env=os.environ | {"MASTER_PORT": str(master_port)})
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "strategy/fsdp2.yaml"),
+        "-c",
+        str(CONF / "data/curriculum.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=3",
+        "--trainer.val_check_interval=3",
+        "--data.init_args.stages=[{until: 1, max_difficulty: 2}, {until: null}]",
+        "--trainer.logger.init_args.name=fsdp_curriculum",
+        "--trainer.callbacks=[k15.summary.RunSummary]",
+        cwd=sft_run,
+        env=os.environ | {"MASTER_PORT": str(master_port)},
+    )
     logged = scalars(sft_run / "runs/fsdp_curriculum/version_0")
     assert [s.value for s in logged["data/stage"]] == [0.0, 1.0, 1.0] and len(logged["rollout/reward"]) == 3
 
 
 @pytest.mark.vllm
 def test_vllm_engine_overlay_trains_and_reports_engine_trainer_mismatch(sft_run, shard_dir):
-    k15("fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"), *data_args(shard_dir), *SMALL_RL,
-        "--data.init_args.iterations=2", "--trainer.val_check_interval=2", "--trainer.logger.init_args.name=vllm",
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "engine/vllm.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.logger.init_args.name=vllm",
         # a big step that surely happens (the length reward makes every group's rewards differ):
         # a stale engine would then disagree with the trainer by far more than the bounds below
         "--model.init_args.optimizer.init_args.lr=0.05",
         "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 1.0}}]",
-        "--trainer.callbacks=[k15.summary.RunSummary]", cwd=sft_run)
+        "--trainer.callbacks=[k15.summary.RunSummary]",
+        cwd=sft_run,
+    )
     logged = scalars(sft_run / "runs/vllm/version_0")
     assert len(logged["rollout/reward"]) == 2
     # the engine was re-synced after iteration 0's update: both iterations sample the trainer's π_θi

@@ -29,7 +29,11 @@ def rows(folder) -> list[dict]:
     return [
         {"prompt": "Q:1+1=", **ok},
         {"prompt": "How many dots?", **ok, "images": ["dots.png"]},
-        {"prompt": "Two images", **ok, "images": [{"bytes": image("JPEG"), "path": None}, {"bytes": image("GIF"), "path": None}]},
+        {
+            "prompt": "Two images",
+            **ok,
+            "images": [{"bytes": image("JPEG"), "path": None}, {"bytes": image("GIF"), "path": None}],
+        },
         {"prompt": "Q:2+2=", "answer": "4"},  # no difficulty
         {"prompt": " ", **ok},
         {"prompt": "Where?", **ok, "images": ["gone.png"]},
@@ -38,7 +42,9 @@ def rows(folder) -> list[dict]:
 
 
 def make_shards(*args):
-    result = subprocess.run([sys.executable, "tools/make_shards.py", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "tools/make_shards.py", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     return result, json.loads(result.stdout.splitlines()[-1]) if result.returncode == 0 else None
 
 

@@ -72,11 +72,7 @@ def test_exact_duplicates_are_always_removed(records, copies):
         answers.append(answer)
     images = [[] for _ in prompts]
     duplicates = find_duplicates(prompts, answers, images)
-    kept = [
-        (normalise(p), a)
-        for i, (p, a) in enumerate(zip(prompts, answers))
-        if i not in duplicates
-    ]
+    kept = [(normalise(p), a) for i, (p, a) in enumerate(zip(prompts, answers, strict=True)) if i not in duplicates]
     assert len(kept) == len(set(kept))
     for i, (reason, j) in duplicates.items():
         assert j < i and duplicates.get(j, ("",))[0] != "exact_duplicate"
@@ -195,11 +191,9 @@ def write_input(folder: Path, left_half: bytes, top_half: bytes) -> None:
         ("left", bigger.getvalue()),  # near duplicate (resized)
     ]
     samples = [
-        {"__key__": f"t{i}", "json": {"prompt": p, "answer": a, "difficulty": 3}}
-        for i, (p, a) in enumerate(text)
+        {"__key__": f"t{i}", "json": {"prompt": p, "answer": a, "difficulty": 3}} for i, (p, a) in enumerate(text)
     ] + [
-        {"__key__": f"v{i}", "json": {"prompt": question, "answer": a, "difficulty": 2}}
-        | {"00.png": picture}
+        {"__key__": f"v{i}", "json": {"prompt": question, "answer": a, "difficulty": 2}} | {"00.png": picture}
         for i, (a, picture) in enumerate(with_images)
     ]
     with wds.ShardWriter(str(folder / "train-%06d.tar"), maxcount=8, verbose=0) as sink:
@@ -243,7 +237,7 @@ def test_curate_end_to_end(tmp_path, tiny_dir):
     pool = load_pool(urls)
     records = list(read_records(urls, split_by_rank=False))
     assert len(pool) == len(records) == report["kept"]
-    for record, images in zip(records, pool.images):
+    for record, images in zip(records, pool.images, strict=True):
         if images:  # not model-checked: the label stays
             assert record["pass_rate"] is None and record["difficulty"] == 2
         else:
@@ -257,17 +251,38 @@ def test_curate_end_to_end(tmp_path, tiny_dir):
 def test_a_vision_language_model_checks_image_prompts(tmp_path):
     from k15.models import TinyVLM
 
-    source = TinyVLM("0123456789abcdefghijklmnopqrstuvwxyzAHMS?.:+=, ", vision_hidden_size=32, vision_layers=1,
-                     hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
+    source = TinyVLM(
+        "0123456789abcdefghijklmnopqrstuvwxyzAHMS?.:+=, ",
+        vision_hidden_size=32,
+        vision_layers=1,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=128,
+    )
     source.model().save_pretrained(tmp_path / "vlm")
     source.processor().save_pretrained(tmp_path / "vlm")
     shards = ROOT / "shards/vision/heldout-000000.tar.gz"
     small = "--limit 6 --hack-tries 2 --pass-samples 3 --max-new-tokens 8 --no-cot-max-new-tokens 8 --engine hf"
-    command = [sys.executable, "tools/curate.py", "--shards", str(shards), "--model", str(tmp_path / "vlm"), "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "tools/curate.py",
+        "--shards",
+        str(shards),
+        "--model",
+        str(tmp_path / "vlm"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run([*command, *small.split()], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert report["in"] == 6 and report["not_model_checked"] == 0 and report["engine"] == "HFEngine"
-    assert report["model_checked"] == 6 - sum(report["dropped"][r] for r in ("exact_duplicate", "near_duplicate", "closed_set"))
+    assert report["model_checked"] == 6 - sum(
+        report["dropped"][r] for r in ("exact_duplicate", "near_duplicate", "closed_set")
+    )
     records = list(read_records(shard_urls(str(tmp_path / "out/train-*.tar.gz")), split_by_rank=False))
-    assert len(records) == report["kept"] > 0 and all(r["pass_rate"] is not None and len(r["images"]) == 1 for r in records)
+    assert len(records) == report["kept"] > 0 and all(
+        r["pass_rate"] is not None and len(r["images"]) == 1 for r in records
+    )

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tars import tar_bytes
 
 from k15.data.curriculum import CurriculumDataModule
 from k15.data.pool import load_pool
@@ -17,7 +18,6 @@ from k15.data.sampling import Stage, sampling_weights, stage_at
 from k15.data.shards import shard_urls, write_shards
 from k15.errors import K15Error
 from k15.models.tiny import char_tokenizer
-from tars import tar_bytes
 
 
 def records(n: int, difficulty=lambda i: 1 + i % 5) -> list[dict]:
@@ -29,7 +29,9 @@ def data_module(tmp_path, n=40, **kwargs) -> CurriculumDataModule:
         write_shards(records(n), str(tmp_path / "train-%06d.tar"), records_per_shard=20)
         write_shards(records(4), str(tmp_path / "heldout-%06d.tar"))
     dm = CurriculumDataModule(str(tmp_path / "train-*.tar"), str(tmp_path / "heldout-*.tar"), **kwargs)
-    dm.trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    dm.trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     dm.tokenizer = char_tokenizer("0123456789+=,:AQ")
     dm.setup("fit")
     return dm
@@ -53,7 +55,10 @@ def test_draw_frequencies_follow_one_minus_success_with_floor(tmp_path_factory, 
 
 
 stages = st.lists(st.tuples(st.integers(1, 5), st.integers(0, 4)), min_size=1, max_size=3).map(
-    lambda parts: [Stage(until=(j + 1) * 3, min_difficulty=lo, max_difficulty=lo + span) for j, (lo, span) in enumerate(parts)] + [Stage()]
+    lambda parts: (
+        [Stage(until=(j + 1) * 3, min_difficulty=lo, max_difficulty=lo + span) for j, (lo, span) in enumerate(parts)]
+        + [Stage()]
+    )
 )
 
 
@@ -96,14 +101,20 @@ def png() -> bytes:
 
 def test_bad_samples_are_skipped_and_counted_and_the_rest_load(tmp_path):
     good = json.dumps({"prompt": "Q:1+1=", "answer": "2", "difficulty": 1}).encode()
-    (tmp_path / "a.tar").write_bytes(tar_bytes({
-        "ok1.json": good,
-        "ok2.json": good, "ok2.png": png(),
-        "nofield.json": json.dumps({"prompt": "Q:1+2="}).encode(),
-        "empty.json": json.dumps({"prompt": "  ", "answer": "0", "difficulty": 1}).encode(),
-        "latin1.json": "{\"prompt\": \"Q:é\", \"answer\": \"1\", \"difficulty\": 1}".encode("latin-1"),
-        "badimg.json": good, "badimg.png": b"\x89PNG not really",
-    }))
+    (tmp_path / "a.tar").write_bytes(
+        tar_bytes(
+            {
+                "ok1.json": good,
+                "ok2.json": good,
+                "ok2.png": png(),
+                "nofield.json": json.dumps({"prompt": "Q:1+2="}).encode(),
+                "empty.json": json.dumps({"prompt": "  ", "answer": "0", "difficulty": 1}).encode(),
+                "latin1.json": '{"prompt": "Q:é", "answer": "1", "difficulty": 1}'.encode("latin-1"),
+                "badimg.json": good,
+                "badimg.png": b"\x89PNG not really",
+            }
+        )
+    )
     write_shards(records(30), str(tmp_path / "b-%06d.tar.gz"), records_per_shard=30)
     whole = (tmp_path / "b-000000.tar.gz").read_bytes()
     (tmp_path / "b-000000.tar.gz").write_bytes(whole[: len(whole) // 2])  # truncated mid-stream
@@ -116,7 +127,9 @@ def test_bad_samples_are_skipped_and_counted_and_the_rest_load(tmp_path):
     assert pool.skipped["undecodable_json"] == 1 and pool.skipped["bad_image"] == 1
     assert pool.skipped["corrupt_shard"] == 2  # the truncated one and the byte-flipped one
     assert 2 <= len(pool) < 2 + 30  # both good records of a.tar, and what came before the cut
-    assert pool.images[pool.keys.index("a.tar:ok2")] and Image.open(io.BytesIO(pool.images[pool.keys.index("a.tar:ok2")][0]))
+    assert pool.images[pool.keys.index("a.tar:ok2")] and Image.open(
+        io.BytesIO(pool.images[pool.keys.index("a.tar:ok2")][0])
+    )
 
 
 def test_a_set_with_no_usable_record_is_one_clear_error(tmp_path):
@@ -141,7 +154,9 @@ def _record_on_rank(rank: int, folder: str, results) -> None:
     import torch.distributed as dist
 
     # a rendezvous file, not a port (no race with other tests); a lost peer fails in 2 min, not gloo's 30
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2, timeout=timedelta(minutes=2))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2, timeout=timedelta(minutes=2)
+    )
     dm = data_module(Path(folder), prompts_per_iteration=2)
     for iteration in ("same", "diverged"):
         batch = dm.draw()

@@ -71,7 +71,11 @@ def test_a_stream_over_no_records_is_an_error_not_a_hang(tmp_path):
 
 
 def test_a_stream_loops_reshuffled_and_restores_its_position(tmp_path):
-    write_shards([{"prompt": f"Q:{i}", "answer": "1", "difficulty": 1} for i in range(30)], str(tmp_path / "x-%06d.tar"), records_per_shard=7)
+    write_shards(
+        [{"prompt": f"Q:{i}", "answer": "1", "difficulty": 1} for i in range(30)],
+        str(tmp_path / "x-%06d.tar"),
+        records_per_shard=7,
+    )
     urls = shard_urls(str(tmp_path / "x-*.tar"))
     stream = RecordStream(urls, {}, 10, 3, "x")
     first, second = [next(stream)["__key__"] for _ in range(30)], [next(stream)["__key__"] for _ in range(30)]

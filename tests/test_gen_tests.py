@@ -17,7 +17,17 @@ from k15.data.shards import read_records, shard_urls
 from k15.reward.code import CodeTests, parse_test_cases
 from k15.reward.sandbox import Sandbox, normalise
 from k15.reward.sandbox import TestCase as Case  # not collected as a test class
-from k15.reward.testgen import Problem, generate_tests, keep_inputs, load_problem, load_problems, majority_output, problem_kept, required, pass_counts
+from k15.reward.testgen import (
+    Problem,
+    generate_tests,
+    keep_inputs,
+    load_problem,
+    load_problems,
+    majority_output,
+    pass_counts,
+    problem_kept,
+    required,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS, SHARDS = ROOT / "problems", ROOT / "shards/code"
@@ -59,7 +69,9 @@ def test_a_failed_solution_never_helps_an_input_be_kept(outs, fraction):
 def test_a_problem_is_kept_iff_enough_solutions_pass_every_test(passed, n_tests, fraction):
     passed = [min(p, n_tests) for p in passed]
     passing = sum(p == n_tests for p in passed)
-    assert problem_kept(passed, n_tests, float(fraction)) == (n_tests > 0 and Fraction(passing, len(passed)) >= fraction)
+    assert problem_kept(passed, n_tests, float(fraction)) == (
+        n_tests > 0 and Fraction(passing, len(passed)) >= fraction
+    )
 
 
 def test_the_paper_thresholds_on_ten_solutions():
@@ -126,12 +138,27 @@ def test_tool_writes_train_and_heldout_shards_and_totals(tmp_path, monkeypatch, 
     (tmp_path / "problems/doubling/generator.py").write_text(DOUBLING.generator)
     (tmp_path / "problems/doubling/statement.md").write_text("---\ndifficulty: 2\n---\nPrint twice n.\n")
     shutil.copytree(PROBLEMS / "count_vowels", tmp_path / "problems/count_vowels")  # split: heldout
-    argv = ["gen_tests.py", "--problems", str(tmp_path / "problems"), "--out", str(tmp_path / "out"), "--inputs", "4", "--pass", "0.8"]
+    argv = [
+        "gen_tests.py",
+        "--problems",
+        str(tmp_path / "problems"),
+        "--out",
+        str(tmp_path / "out"),
+        "--inputs",
+        "4",
+        "--pass",
+        "0.8",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "tools/gen_tests.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     totals = json.loads(lines[-1])
-    assert (totals["problems_kept"], totals["inputs_generated"], totals["tests_written"], totals["records"]) == (2, 8, 7, {"train": 1, "heldout": 1})
+    assert (totals["problems_kept"], totals["inputs_generated"], totals["tests_written"], totals["records"]) == (
+        2,
+        8,
+        7,
+        {"train": 1, "heldout": 1},
+    )
     assert any(line.startswith("doubling") and "f.py 2/3" in line for line in lines)
     (train,) = read_records(shard_urls(str(tmp_path / "out/train-*.tar.gz")), split_by_rank=False)
     assert train["prompt"].startswith("Print twice n.") and "```python" in train["prompt"] and train["difficulty"] == 2
@@ -141,16 +168,24 @@ def test_tool_writes_train_and_heldout_shards_and_totals(tmp_path, monkeypatch, 
 def test_shipped_shards_match_the_problems_and_pass_their_reference_solutions():
     problems = {p.name: p for p in load_problems(PROBLEMS)}
     records = {
-        r["name"]: (split, r) for split in ("train", "heldout") for r in read_records(shard_urls(str(SHARDS / f"{split}-*.tar.gz")), split_by_rank=False)
+        r["name"]: (split, r)
+        for split in ("train", "heldout")
+        for r in read_records(shard_urls(str(SHARDS / f"{split}-*.tar.gz")), split_by_rank=False)
     }
     assert "rounded_mean" not in records and len(records) == len(problems) - 1  # the deliberately dropped one
     completions, answers = [], []
     for name, (split, record) in records.items():
         problem = problems[name]
-        assert (split, record["difficulty"]) == (problem.split, problem.difficulty) and record["prompt"].startswith(problem.statement)
+        assert (split, record["difficulty"]) == (problem.split, problem.difficulty) and record["prompt"].startswith(
+            problem.statement
+        )
         cases = parse_test_cases(record["answer"])
         assert len(cases) >= 30
-        completions.append(f"```python\n{next(iter(problem.solutions.values()))}```")  # the first solution is a correct one
-        answers.append(json.dumps([{"stdin": c.stdin, "expected": c.expected} for c in cases[:10]]))  # all were checked when generated
+        completions.append(
+            f"```python\n{next(iter(problem.solutions.values()))}```"
+        )  # the first solution is a correct one
+        answers.append(
+            json.dumps([{"stdin": c.stdin, "expected": c.expected} for c in cases[:10]])
+        )  # all were checked when generated
     verdicts = CodeTests(cpu_seconds=2, wall_seconds=4, workers=2).judge_many([""] * len(answers), completions, answers)
     assert [v.reason for v in verdicts] == ["pass"] * len(answers)

@@ -22,7 +22,9 @@ def random_case(seed: int, P: int, k: int, T: int, V: int):
     ref_logits = logits + 0.3 * torch.randn(P * k, T, V, generator=g, dtype=torch.float64)  # θ_i
     tokens = torch.randint(0, V, (P * k, T), generator=g)
     mask = (torch.rand(P * k, T, generator=g) < 0.7).double()
-    rewards = torch.randint(0, 2, (P, k), generator=g).double() + 0.1 * torch.randn(P, k, generator=g, dtype=torch.float64)
+    rewards = torch.randint(0, 2, (P, k), generator=g).double() + 0.1 * torch.randn(
+        P, k, generator=g, dtype=torch.float64
+    )
     return logits, ref_logits, tokens, mask, rewards
 
 
@@ -60,13 +62,18 @@ def test_at_theta_i_it_is_reinforce_with_mean_baseline(shape, tau, seed):
     torch.testing.assert_close(theta.grad, reinforce.grad, rtol=1e-9, atol=1e-12)
 
 
-@given(rewards=st.lists(st.lists(st.floats(-2, 2), min_size=1, max_size=6), min_size=1, max_size=4).filter(
-    lambda rows: len({len(r) for r in rows}) == 1))
+@given(
+    rewards=st.lists(st.lists(st.floats(-2, 2), min_size=1, max_size=6), min_size=1, max_size=4).filter(
+        lambda rows: len({len(r) for r in rows}) == 1
+    )
+)
 def test_advantages_are_centred_per_prompt(rewards):
     r = torch.tensor(rewards, dtype=torch.float64)
     for advantages in (mean_baseline_advantages(r), normalized_advantages(r)):
         assert advantages.shape == (r.numel(),)
-        torch.testing.assert_close(advantages.view_as(r).sum(1), torch.zeros(len(r), dtype=torch.float64), atol=1e-9, rtol=0)
+        torch.testing.assert_close(
+            advantages.view_as(r).sum(1), torch.zeros(len(r), dtype=torch.float64), atol=1e-9, rtol=0
+        )
 
 
 def test_loss_is_a_j_squared_over_2tau_at_theta_i():

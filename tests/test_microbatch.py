@@ -37,7 +37,12 @@ def test_micro_batch_losses_weighted_by_share_sum_to_the_whole_step_loss(case, s
     for loss in (KimiLoss(tau=0.5), GRPOLoss()):
         whole = loss(logp, ref_logp, mask, advantages)
         parts = sum(
-            loss(logp[mb, : int(lengths[mb].max())], ref_logp[mb, : int(lengths[mb].max())], mask[mb, : int(lengths[mb].max())], advantages[mb])
+            loss(
+                logp[mb, : int(lengths[mb].max())],
+                ref_logp[mb, : int(lengths[mb].max())],
+                mask[mb, : int(lengths[mb].max())],
+                advantages[mb],
+            )
             * loss.share(mask[mb], mask[rows])
             for mb in micro_batches(lengths, rows, budget)
         )

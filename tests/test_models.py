@@ -27,7 +27,7 @@ def test_whitespace_is_refused_with_a_reason():
 
 def test_same_seed_same_weights_other_seed_other_weights():
     a, b, c = (TinyQwen2(ALPHABET, hidden_size=32, num_layers=1, seed=s).model() for s in (0, 0, 1))
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
 
 
@@ -36,7 +36,11 @@ def test_folder_loads_with_transformers_auto_classes(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     text = "Q:12+34="
-    assert tokenizer(text)["input_ids"] == source.tokenizer()(text)["input_ids"] == char_tokenizer(ALPHABET)(text)["input_ids"]
+    assert (
+        tokenizer(text)["input_ids"]
+        == source.tokenizer()(text)["input_ids"]
+        == char_tokenizer(ALPHABET)(text)["input_ids"]
+    )
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     torch.testing.assert_close(model(ids).logits, source.model()(ids).logits)
 

@@ -32,7 +32,9 @@ def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
     engine, tok, model, prompt_ids = synced_engine(tiny_dir, engine_name)
     whole = [g[0].token_ids for g in engine.generate(prompt_ids, Sampling(1, 20, temperature=0.0))]
 
-    callback = RolloutCallback(engine, samples_per_prompt=1, max_new_tokens=20, segment_tokens=3, segments_in_loss="newest", temperature=0.0)
+    callback = RolloutCallback(
+        engine, samples_per_prompt=1, max_new_tokens=20, segment_tokens=3, segments_in_loss="newest", temperature=0.0
+    )
     batch = PromptBatch(prompt_ids, PROMPTS, ["0"] * len(PROMPTS), [1] * len(PROMPTS))
     segmented, iterations = {}, 0
     while iterations == 0 or len(callback.buffer):
@@ -42,7 +44,9 @@ def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
             generated = rollout.versions >= 0
             for n, prompt in enumerate(rollout.prompts):
                 segmented[prompt] = rollout.input_ids[n][generated[n]].tolist()
-                assert torch.equal(rollout.loss_mask[n].bool(), rollout.versions[n] == iterations)  # newest segment only
+                assert torch.equal(
+                    rollout.loss_mask[n].bool(), rollout.versions[n] == iterations
+                )  # newest segment only
         iterations += 1
     assert [segmented[p] for p in PROMPTS] == whole
     longest = max(len(t) for t in whole)
@@ -68,5 +72,9 @@ def test_banned_tokens_are_never_sampled(tiny_dir, engine_name):
     free = [c.token_ids for g in engine.generate(prompts, Sampling(4, 20, temperature=1.0, seed=0)) for c in g]
     banned = tuple({t for tokens in free for t in tokens[:-1]})[:3]  # tokens this model does sample
     assert banned
-    again = [c.token_ids for g in engine.generate(prompts, Sampling(4, 20, temperature=1.0, seed=0, banned_token_ids=banned)) for c in g]
+    again = [
+        c.token_ids
+        for g in engine.generate(prompts, Sampling(4, 20, temperature=1.0, seed=0, banned_token_ids=banned))
+        for c in g
+    ]
     assert not {t for tokens in again for t in tokens} & set(banned)

@@ -36,8 +36,12 @@ trainer:
 
 SETUPS = {
     "stream_vllm": ["-c", str(CONF / "engine/vllm.yaml")],
-    "partial_vllm": ["-c", str(CONF / "engine/vllm.yaml"), "--model.init_args.rollout.init_args.segment_tokens=8",
-                     "--model.init_args.rollout.init_args.max_new_tokens=24"],
+    "partial_vllm": [
+        "-c",
+        str(CONF / "engine/vllm.yaml"),
+        "--model.init_args.rollout.init_args.segment_tokens=8",
+        "--model.init_args.rollout.init_args.max_new_tokens=24",
+    ],
     "curriculum_hf": ["-c", str(CONF / "data/curriculum.yaml"), "-c", str(CONF / "engine/hf.yaml")],
 }
 ITERATIONS = 5
@@ -46,11 +50,20 @@ ITERATIONS = 5
 def run_args(setup: str, name: str, tiny_dir: Path, shard_dir: Path, cwd: Path) -> list[str]:
     (cwd / f"{name}.yaml").write_text(CALLBACKS.format(export=f"runs/{name}/hf"))
     return [
-        "fit", "-c", str(CONF / "tiny.yaml"), *SETUPS[setup], "-c", f"{name}.yaml", *data_args(shard_dir),
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        *SETUPS[setup],
+        "-c",
+        f"{name}.yaml",
+        *data_args(shard_dir),
         f"--model.init_args.model.init_args.path={tiny_dir}",
-        "--data.init_args.prompts_per_iteration=4", "--model.init_args.rollout.init_args.samples_per_prompt=4",
-        "--model.init_args.heldout_max_new_tokens=16", f"--data.init_args.iterations={ITERATIONS}",
-        f"--trainer.val_check_interval={ITERATIONS}", "--trainer.num_sanity_val_steps=0",
+        "--data.init_args.prompts_per_iteration=4",
+        "--model.init_args.rollout.init_args.samples_per_prompt=4",
+        "--model.init_args.heldout_max_new_tokens=16",
+        f"--data.init_args.iterations={ITERATIONS}",
+        f"--trainer.val_check_interval={ITERATIONS}",
+        "--trainer.num_sanity_val_steps=0",
         "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 0.5}}]",
         f"--trainer.logger.init_args.name={name}",
     ]
@@ -59,7 +72,9 @@ def run_args(setup: str, name: str, tiny_dir: Path, shard_dir: Path, cwd: Path) 
 def kill_after_checkpoint(args: list[str], cwd: Path, folder: Path, minimum_step: int) -> Path:
     """Start the run, SIGKILL it once a checkpoint of ≥ ``minimum_step`` optimizer steps exists
     (Lightning writes a checkpoint to a temporary name and renames it: present means complete)."""
-    process = subprocess.Popen([sys.executable, "-m", "k15", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k15", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         saved = sorted(folder.glob("epoch=*-step=*.ckpt"), key=lambda p: int(p.stem.split("step=")[1]))
@@ -69,10 +84,15 @@ def kill_after_checkpoint(args: list[str], cwd: Path, folder: Path, minimum_step
             return saved[-1]
         time.sleep(0.05)
     process.kill()
-    raise AssertionError(f"no checkpoint of ≥ {minimum_step} steps before the run ended or timed out:\n{process.stderr.read().decode()[-3000:]}")
+    raise AssertionError(
+        f"no checkpoint of ≥ {minimum_step} steps before the run ended or timed "
+        f"out:\n{process.stderr.read().decode()[-3000:]}"
+    )
 
 
-@pytest.mark.parametrize("setup", [pytest.param(name, marks=pytest.mark.vllm) if name.endswith("vllm") else name for name in SETUPS])
+@pytest.mark.parametrize(
+    "setup", [pytest.param(name, marks=pytest.mark.vllm) if name.endswith("vllm") else name for name in SETUPS]
+)
 def test_kill_9_then_resume_equals_the_uninterrupted_run(setup, tiny_dir, shard_dir, tmp_path):
     k15(*run_args(setup, "whole", tiny_dir, shard_dir, tmp_path), cwd=tmp_path)
     args = run_args(setup, "cut", tiny_dir, shard_dir, tmp_path)
@@ -102,11 +122,16 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(setup, tiny_dir, shard_
         assert max(event.value for event in whole["rollout/stale_token_share"]) > 0 and "rollout/finish_budget" in whole
 
     # the exported weights are the trained module's: those of the run's last checkpoint
-    last = max((tmp_path / "runs/whole/version_0/checkpoints").glob("epoch=*-step=*.ckpt"), key=lambda p: int(p.stem.split("step=")[1]))
+    last = max(
+        (tmp_path / "runs/whole/version_0/checkpoints").glob("epoch=*-step=*.ckpt"),
+        key=lambda p: int(p.stem.split("step=")[1]),
+    )
     trained = checkpoint_weights(last)
     assert all(torch.equal(trained[key], a[key]) for key in a) and set(a) <= set(trained)
     # and both runs end in the same RL state: replay buffer (tokens, engine log-probs), data position or sampler
-    ends = [torch.load(path, weights_only=False) for path in (last, tmp_path / "runs/cut/version_1/checkpoints" / last.name)]
+    ends = [
+        torch.load(path, weights_only=False) for path in (last, tmp_path / "runs/cut/version_1/checkpoints" / last.name)
+    ]
     assert same(*(end["callbacks"]["RolloutCallback"] for end in ends))
     data_state = next(key for key in ends[0] if key.endswith("DataModule"))
     assert same(ends[0][data_state], ends[1][data_state])

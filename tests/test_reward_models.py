@@ -46,7 +46,9 @@ def render(correct: bool, style: str) -> str:
     }[style]
 
 
-STYLES = st.sampled_from(["json", "compact", "single_quotes", "python", "yes_no", "trailing_comma", "bare_key", "fenced", "nested"])
+STYLES = st.sampled_from(
+    ["json", "compact", "single_quotes", "python", "yes_no", "trailing_comma", "bare_key", "fenced", "nested"]
+)
 PROSE = st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=40)
 
 
@@ -60,10 +62,22 @@ def test_the_last_verdict_wins(first, last, style, between):
     assert parse_verdict(render(first, "json") + between + render(last, style)) is last
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
 
 
-@given(correct=st.booleans(), extra=st.dictionaries(st.text(max_size=6).filter(lambda k: k.strip().lower() != "correct"), JSON_VALUES, max_size=4), after=st.dictionaries(st.text(max_size=6).filter(lambda k: k.strip().lower() != "correct"), JSON_VALUES, max_size=2))
+@given(
+    correct=st.booleans(),
+    extra=st.dictionaries(
+        st.text(max_size=6).filter(lambda k: k.strip().lower() != "correct"), JSON_VALUES, max_size=4
+    ),
+    after=st.dictionaries(
+        st.text(max_size=6).filter(lambda k: k.strip().lower() != "correct"), JSON_VALUES, max_size=2
+    ),
+)
 def test_other_keys_and_later_objects_without_a_verdict_do_not_matter(correct, extra, after):
     assert parse_verdict(json.dumps(extra | {"correct": correct}) + " then " + json.dumps(after)) is correct
 
@@ -73,7 +87,18 @@ def test_any_text_gives_a_verdict_or_none_and_never_raises(text):
     assert parse_verdict(text) in (True, False, None)
 
 
-@pytest.mark.parametrize("text", ["", "the answer looks right", '{"correct": "maybe"}', '{"score": 1}', '{"correct": tru', "correct: true", '{"correct": [true]}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "the answer looks right",
+        '{"correct": "maybe"}',
+        '{"score": 1}',
+        '{"correct": tru',
+        "correct: true",
+        '{"correct": [true]}',
+    ],
+)
 def test_output_without_a_readable_verdict_is_invalid(text):
     assert parse_verdict(text) is None
     assert verdict_of(text) == Verdict(False, "invalid")
@@ -92,8 +117,23 @@ def test_verdict_match_grades_a_judge_against_the_label():
 def rm_shards(tmp_path_factory) -> Path:
     """Small judging shards written by the real tools/make_rm_shards.py."""
     out = tmp_path_factory.mktemp("rm_shards")
-    subprocess.run([sys.executable, str(ROOT / "tools/make_rm_shards.py"), "--out", str(out), "--train", "600", "--heldout", "120", "--records-per-shard", "300"],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools/make_rm_shards.py"),
+            "--out",
+            str(out),
+            "--train",
+            "600",
+            "--heldout",
+            "120",
+            "--records-per-shard",
+            "300",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     return out
 
 
@@ -138,7 +178,9 @@ def test_scalar_rm_loss_falls_on_real_records(rm_shards):
             return torch.nn.functional.binary_cross_entropy_with_logits(module.logits(batch), batch.correct).item()
 
     before = loss()
-    trainer = Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(module, train_dataloaders=DataLoader([batch] * 40, batch_size=None))
     assert before > 0.6 and loss() < 0.5 * before, (before, loss())
 
@@ -147,10 +189,22 @@ def test_scalar_rm_loss_falls_on_real_records(rm_shards):
 def scalar_run(tmp_path_factory, rm_shards) -> Path:
     """conf/tiny_rm_scalar.yaml through the real CLI, small, in a scratch working directory."""
     cwd = tmp_path_factory.mktemp("rm_run")
-    args = [f"--data.init_args.train_shards={rm_shards}/train-*.tar.gz", f"--data.init_args.heldout_shards={rm_shards}/heldout-*.tar.gz",
-            "--data.init_args.steps=6", "--data.init_args.examples_per_step=16", "--data.init_args.heldout_prompts=40", "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1"]
+    args = [
+        f"--data.init_args.train_shards={rm_shards}/train-*.tar.gz",
+        f"--data.init_args.heldout_shards={rm_shards}/heldout-*.tar.gz",
+        "--data.init_args.steps=6",
+        "--data.init_args.examples_per_step=16",
+        "--data.init_args.heldout_prompts=40",
+        "--trainer.val_check_interval=3",
+        "--trainer.log_every_n_steps=1",
+    ]
     args += [f"--model.init_args.model.init_args.{key}={value}" for key, value in SMALL.items()]
-    result = subprocess.run([sys.executable, "-m", "k15", "fit", "-c", str(CONF / "tiny_rm_scalar.yaml"), *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "k15", "fit", "-c", str(CONF / "tiny_rm_scalar.yaml"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd
 
@@ -173,11 +227,17 @@ def test_scalar_rm_recipe_logs_heldout_metrics_and_exports_a_classifier(scalar_r
 def test_scalar_rm_judges_a_batch_the_same_as_one_at_a_time(scalar_run, rm_shards):
     judge = ScalarRM(str(scalar_run / "runs/rm_scalar/hf"))
     rows = records(rm_shards, "heldout")[:48]
-    questions, responses, references = [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
+    questions, responses, references = (
+        [r["question"] for r in rows],
+        [r["response"] for r in rows],
+        [r["reference"] for r in rows],
+    )
     verdicts = judge.judge_many(questions, responses, references)
     assert len(verdicts) == 48 and all(isinstance(v, Verdict) and v.reason in ("accept", "reject") for v in verdicts)
     batched = judge.scores(questions, responses, references)
-    alone = torch.cat([judge.scores([q], [c], [a]) for q, c, a in zip(questions[:6], responses[:6], references[:6])])
+    alone = torch.cat(
+        [judge.scores([q], [c], [a]) for q, c, a in zip(questions[:6], responses[:6], references[:6], strict=True)]
+    )
     assert torch.allclose(batched[:6], alone, atol=1e-5)  # right padding: a row's score ignores its batch
     assert [v.correct for v in verdicts] == (batched >= 0.5).tolist()
     assert judge.judge_many([], [], []) == []
@@ -205,7 +265,13 @@ def test_an_untrained_genrm_gives_counted_invalid_verdicts(tmp_path):
 # ---------------------------------------------------------------- the overlays
 
 
-@pytest.mark.parametrize(("overlay", "judge"), [("scalar_rm.yaml", "k15.reward.scalar_rm.ScalarRM"), ("generative_rm.yaml", "k15.reward.generative_rm.GenerativeRM")])
+@pytest.mark.parametrize(
+    ("overlay", "judge"),
+    [
+        ("scalar_rm.yaml", "k15.reward.scalar_rm.ScalarRM"),
+        ("generative_rm.yaml", "k15.reward.generative_rm.GenerativeRM"),
+    ],
+)
 def test_the_reward_model_overlay_parses_on_the_rl_recipe(overlay, judge, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["k15"])
     with pytest.raises(SystemExit) as exit_:

@@ -58,7 +58,10 @@ def test_a_sample_depends_on_its_seed_only_not_on_the_batch_or_chunking(tiny_dir
     requests (the seed shifted by their sample count so its rows keep their seeds), and in any chunking."""
     engine, model, prompts = engine_and_prompts(tiny_dir)
     target = Request(prompts[0], samples=4, max_new_tokens=16)
-    before = [Request(prompts[1], samples=3, max_new_tokens=24), Request(prompts[0] + prompts[1], samples=2, max_new_tokens=5)]
+    before = [
+        Request(prompts[1], samples=3, max_new_tokens=24),
+        Request(prompts[0] + prompts[1], samples=2, max_new_tokens=5),
+    ]
     after = Request(prompts[1][:3], samples=2, max_new_tokens=8)
     sampling = Sampling(temperature=1.0, seed=100)
     alone = tokens(hf_sample(model, [target], sampling))[0]
@@ -72,14 +75,19 @@ def test_a_sample_depends_on_its_seed_only_not_on_the_batch_or_chunking(tiny_dir
     # and with top-p, which sorts each row's probabilities
     nucleus = Sampling(temperature=1.0, top_p=0.8, seed=100)
     alone = tokens(hf_sample(model, [target], nucleus))[0]
-    assert tokens(hf_sample(model, [*before, target], Sampling(temperature=1.0, top_p=0.8, seed=95), max_batch_size=2))[2] == alone
+    assert (
+        tokens(hf_sample(model, [*before, target], Sampling(temperature=1.0, top_p=0.8, seed=95), max_batch_size=2))[2]
+        == alone
+    )
 
 
 def test_k_samples_differ_seeds_reproduce_and_the_global_rng_is_untouched(tiny_dir):
     engine, model, prompts = engine_and_prompts(tiny_dir)
 
     def samples(seed):
-        return tokens(engine.generate(prompts[:1], Sampling(samples_per_prompt=8, max_new_tokens=12, temperature=1.0, seed=seed)))[0]
+        return tokens(
+            engine.generate(prompts[:1], Sampling(samples_per_prompt=8, max_new_tokens=12, temperature=1.0, seed=seed))
+        )[0]
 
     torch.manual_seed(1234)
     state = torch.get_rng_state()
@@ -100,7 +108,9 @@ def test_banned_tokens_are_never_sampled(tiny_dir, top_p):
     counts = Counter(t for group in tokens(engine.generate(prompts, sampling)) for row in group for t in row)
     banned = counts.most_common(1)[0][0]  # the most sampled token, so the ban has something to remove
     first = model(torch.tensor([prompts[0]])).logits[0, -1].argmax().item()  # and the most likely first token
-    ban = Sampling(samples_per_prompt=16, max_new_tokens=12, temperature=1.0, top_p=top_p, seed=0, banned_token_ids=(banned, first))
+    ban = Sampling(
+        samples_per_prompt=16, max_new_tokens=12, temperature=1.0, top_p=top_p, seed=0, banned_token_ids=(banned, first)
+    )
     assert not {banned, first} & {t for group in tokens(engine.generate(prompts, ban)) for row in group for t in row}
 
 
@@ -153,7 +163,12 @@ def test_seeded_sampling_matches_softmax_over_temperature_in_the_nucleus(tempera
     """Random uniforms through the logits processor: frequencies of softmax(logits / T), restricted to the nucleus."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -float("inf")])  # the last one banned
     n = 40_000
-    processor = SeededSampling(torch.rand(n, 1, generator=torch.Generator().manual_seed(0)), prompt_width=3, temperature=temperature, top_p=top_p)
+    processor = SeededSampling(
+        torch.rand(n, 1, generator=torch.Generator().manual_seed(0)),
+        prompt_width=3,
+        temperature=temperature,
+        top_p=top_p,
+    )
     scores = processor(torch.zeros(n, 3, dtype=torch.long), logits.expand(n, -1).clone())
     assert ((scores == 0).sum(-1) == 1).all() and ((scores == 0) | (scores == -float("inf"))).all()  # one token left
     frequencies = torch.bincount(scores.argmax(-1), minlength=len(logits)).double() / n
@@ -161,7 +176,7 @@ def test_seeded_sampling_matches_softmax_over_temperature_in_the_nucleus(tempera
     kept = nucleus(probs, top_p)
     mass = sum(probs[i] for i in kept)
     expected = [probs[k] / mass if k in kept else 0.0 for k in range(len(probs))]
-    for k, (f, p) in enumerate(zip(frequencies.tolist(), expected)):
+    for k, (f, p) in enumerate(zip(frequencies.tolist(), expected, strict=True)):
         assert abs(f - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-9, (k, f, p)  # within 5 σ
 
 
@@ -172,7 +187,15 @@ def test_cut_at_stop_keeps_the_stop_token():
 
 def test_pack_trajectories_places_completion_tokens_versions_and_logprobs():
     groups = [
-        Group([1, 10, 11], "a", "1", [Trajectory([Segment(0, [20, 2], [-0.1, -0.2])]), Trajectory([Segment(0, [21], [-0.3]), Segment(1, [22, 23], [-0.4, -0.5])])]),
+        Group(
+            [1, 10, 11],
+            "a",
+            "1",
+            [
+                Trajectory([Segment(0, [20, 2], [-0.1, -0.2])]),
+                Trajectory([Segment(0, [21], [-0.3]), Segment(1, [22, 23], [-0.4, -0.5])]),
+            ],
+        ),
         Group([1, 12], "b", "2", [Trajectory([Segment(1, [24, 2], [-0.6, -0.7])])] * 2),
     ]
     input_ids, attention_mask, versions, logprobs = pack_trajectories(groups, pad_id=0)
@@ -188,9 +211,15 @@ def test_pack_trajectories_places_completion_tokens_versions_and_logprobs():
 
 
 def test_trajectory_truncates_across_segments():
-    trajectory = Trajectory([Segment(0, [1, 2, 3], [-1.0] * 3), Segment(1, [4, 5], [-2.0] * 2), Segment(2, [6], [-3.0])])
+    trajectory = Trajectory(
+        [Segment(0, [1, 2, 3], [-1.0] * 3), Segment(1, [4, 5], [-2.0] * 2), Segment(2, [6], [-3.0])]
+    )
     trajectory.truncate(4)
-    assert trajectory.token_ids == [1, 2, 3, 4] and trajectory.versions == [0, 0, 0, 1] and trajectory.logprobs == [-1.0] * 3 + [-2.0]
+    assert (
+        trajectory.token_ids == [1, 2, 3, 4]
+        and trajectory.versions == [0, 0, 0, 1]
+        and trajectory.logprobs == [-1.0] * 3 + [-2.0]
+    )
 
 
 def test_reference_modes(tiny_dir):
@@ -227,7 +256,9 @@ def test_repeating_trajectory_is_cut_marked_and_penalised():
     from k15.rollout import RolloutCallback
     from k15.rollout.repetition import RepeatDetector
 
-    callback = RolloutCallback(engine=HFEngine(), max_new_tokens=64, repeat_detector=RepeatDetector(max_period=4, min_repeats=3, min_span=6))
+    callback = RolloutCallback(
+        engine=HFEngine(), max_new_tokens=64, repeat_detector=RepeatDetector(max_period=4, min_repeats=3, min_span=6)
+    )
     # the loop begins in one segment and becomes certain in the next
     looping = Trajectory([Segment(0, [7, 8, 9, 5, 6], [-0.5] * 5), Segment(1, [5, 6] * 9, [-0.5] * 18)])
     assert callback.finish_reason(looping, Completion([5, 6] * 9, "length")) == "repeat"
@@ -237,7 +268,9 @@ def test_repeating_trajectory_is_cut_marked_and_penalised():
     going = Trajectory([Segment(0, [7, 8, 9])])
     assert callback.finish_reason(going, Completion([7, 8, 9], "length")) is None  # under the cap: continues
 
-    responses = Responses(["Q:1+2="] * 2, ["A:3", "A:3"], ["3", "3"], [[1] * 4, [2] * 9], ["stop", "repeat"], k=2, iteration=0)
+    responses = Responses(
+        ["Q:1+2="] * 2, ["A:3", "A:3"], ["3", "3"], [[1] * 4, [2] * 9], ["stop", "repeat"], k=2, iteration=0
+    )
     rewards = RewardModule(shaping=[RepetitionPenalty(weight=0.5)])(responses)
     assert rewards.total.tolist() == [[1.0, 0.5]] and rewards.correct.tolist() == [[1.0, 1.0]]
     assert rewards.reasons["repetition"] == ["clean", "looped"]

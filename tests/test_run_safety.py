@@ -20,12 +20,23 @@ pytestmark = pytest.mark.slow
 
 def tiny_run(tiny_dir: Path, shard_dir: Path, name: str, iterations: int = 3, *extra: str) -> list[str]:
     return [
-        "fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/hf.yaml"), *data_args(shard_dir),
-        f"--model.init_args.model.init_args.path={tiny_dir}", "--data.init_args.prompts_per_iteration=4",
-        "--model.init_args.rollout.init_args.samples_per_prompt=4", "--model.init_args.rollout.init_args.max_new_tokens=16",
-        "--model.init_args.heldout_max_new_tokens=16", f"--data.init_args.iterations={iterations}",
-        f"--trainer.val_check_interval={iterations}", "--trainer.num_sanity_val_steps=0", f"--trainer.logger.init_args.name={name}",
-        f"--trainer.callbacks=[{{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {{every_n_train_steps: 1, save_top_k: -1}}}}, "
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "engine/hf.yaml"),
+        *data_args(shard_dir),
+        f"--model.init_args.model.init_args.path={tiny_dir}",
+        "--data.init_args.prompts_per_iteration=4",
+        "--model.init_args.rollout.init_args.samples_per_prompt=4",
+        "--model.init_args.rollout.init_args.max_new_tokens=16",
+        "--model.init_args.heldout_max_new_tokens=16",
+        f"--data.init_args.iterations={iterations}",
+        f"--trainer.val_check_interval={iterations}",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.logger.init_args.name={name}",
+        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
+        "init_args: {every_n_train_steps: 1, save_top_k: -1}}, "
         f"{{class_path: k15.export.ExportPretrained, init_args: {{dirpath: runs/{name}/hf}}}}, k15.summary.RunSummary]",
         *extra,
     ]
@@ -49,7 +60,9 @@ def tiny_run(tiny_dir: Path, shard_dir: Path, name: str, iterations: int = 3, *e
     ],
 )
 def test_degenerate_settings_are_one_clear_error_naming_the_key(override, names, tiny_dir):
-    result = k15("fit", "-c", "conf/tiny.yaml", f"--model.init_args.model.init_args.path={tiny_dir}", override, check=False)
+    result = k15(
+        "fit", "-c", "conf/tiny.yaml", f"--model.init_args.model.init_args.path={tiny_dir}", override, check=False
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) < 15, result.stderr
     for name in names:
@@ -69,12 +82,23 @@ def no_nan(obj) -> bool:
 
 @pytest.mark.parametrize(
     "engine, override",
-    [("hf", "--model.init_args.optimizer.init_args.lr=1e6"), pytest.param("vllm", "--model.init_args.optimizer.init_args.lr=1e30", marks=pytest.mark.vllm)],
+    [
+        ("hf", "--model.init_args.optimizer.init_args.lr=1e6"),
+        pytest.param("vllm", "--model.init_args.optimizer.init_args.lr=1e30", marks=pytest.mark.vllm),
+    ],
     ids=["lr 1e6, HF", "lr 1e30, vLLM"],
 )
-def test_a_run_gone_non_finite_stops_non_zero_and_writes_nothing_non_finite(engine, override, tiny_dir, shard_dir, tmp_path):
+def test_a_run_gone_non_finite_stops_non_zero_and_writes_nothing_non_finite(
+    engine, override, tiny_dir, shard_dir, tmp_path
+):
     override = [override, "-c", str(CONF / f"engine/{engine}.yaml")]
-    result = k15(*tiny_run(tiny_dir, shard_dir, "nan", 8), *override, "--model.init_args.gradient_clip_norm=null", cwd=tmp_path, check=False)
+    result = k15(
+        *tiny_run(tiny_dir, shard_dir, "nan", 8),
+        *override,
+        "--model.init_args.gradient_clip_norm=null",
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     # stopped by the third non-finite step in a row, or by weights gone non-finite before a checkpoint
@@ -92,7 +116,9 @@ def test_a_run_gone_non_finite_stops_non_zero_and_writes_nothing_non_finite(engi
 
 def test_sigterm_saves_the_whole_state_exits_143_and_the_run_resumes(tiny_dir, shard_dir, tmp_path):
     args = tiny_run(tiny_dir, shard_dir, "term", 40)
-    process = subprocess.Popen([sys.executable, "-m", "k15", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k15", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     checkpoints = tmp_path / "runs/term/version_0/checkpoints"
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("epoch=*.ckpt")) and time.monotonic() < deadline and process.poll() is None:
@@ -109,8 +135,14 @@ def test_sigterm_saves_the_whole_state_exits_143_and_the_run_resumes(tiny_dir, s
     assert summary["finished"] is False and "SIGTERM" in summary["stopped"]
     assert not (tmp_path / "runs/term/hf").exists()
 
-    resumed = k15(*args, f"--data.init_args.iterations={done + 2}", f"--trainer.val_check_interval={done + 2}", f"--ckpt_path={last}",
-                  cwd=tmp_path, check=False)
+    resumed = k15(
+        *args,
+        f"--data.init_args.iterations={done + 2}",
+        f"--trainer.val_check_interval={done + 2}",
+        f"--ckpt_path={last}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = sorted({s.step for s in scalars(tmp_path / "runs/term/version_1")["rollout/reward"]})
     assert steps == [done, done + 1]  # continued after the signalled iteration, none repeated
@@ -121,8 +153,12 @@ def test_sigterm_saves_the_whole_state_exits_143_and_the_run_resumes(tiny_dir, s
 def test_shares_describe_their_iteration_alone(tiny_dir, shard_dir, tmp_path):
     """Every logged family of shares sums to 1 at every step (a reason absent from an iteration
     logs 0, not its last value), and tokens_per_s is trained tokens over the run's wall time."""
-    k15(*tiny_run(tiny_dir, shard_dir, "shares", 4), "--model.init_args.rollout.init_args.max_new_tokens=6",
-        "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 0.5}}]", cwd=tmp_path)
+    k15(
+        *tiny_run(tiny_dir, shard_dir, "shares", 4),
+        "--model.init_args.rollout.init_args.max_new_tokens=6",
+        "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 0.5}}]",
+        cwd=tmp_path,
+    )
     logged = scalars(tmp_path / "runs/shares/version_0")
     for family, at_least in (("reward/correct/", 1), ("reward/length/", 2), ("rollout/finish_", 4)):
         tags = [tag for tag in logged if tag.startswith(family) and tag.count("/") == family.count("/")]
@@ -132,7 +168,9 @@ def test_shares_describe_their_iteration_alone(tiny_dir, shard_dir, tmp_path):
             assert total == pytest.approx(1.0), (family, step, total)
     summary = json.loads((tmp_path / "runs/shares/version_0/summary.json").read_text())
     wall = summary["wall_s"]  # rounded to 0.01 s
-    assert summary["finished"] is True and summary["tokens_per_s"] == pytest.approx(summary["trained_tokens"] / wall, rel=0.006 / wall + 1e-3)
+    assert summary["finished"] is True and summary["tokens_per_s"] == pytest.approx(
+        summary["trained_tokens"] / wall, rel=0.006 / wall + 1e-3
+    )
 
 
 def test_damaged_shards_through_the_cli_are_skipped_counted_or_one_line(tiny_dir, shard_dir, tmp_path):
@@ -147,8 +185,19 @@ def test_damaged_shards_through_the_cli_are_skipped_counted_or_one_line(tiny_dir
     (shards / "train-cut.tar.gz").write_bytes(whole[:200])  # cut inside its first record
     (shards / "train-empty.tar.gz").write_bytes(b"")
     (shards / "train-dir.tar.gz").mkdir()
-    (shards / "train-long.tar").write_bytes(tar_bytes({"x.json": json.dumps({"prompt": "Q:" + "1" * 100_000 + "=", "answer": "1", "difficulty": 1}).encode()}))
-    run = tiny_run(tiny_dir, shard_dir, "damaged", 3, f"--data.init_args.train_shards={shards}/train-*", "--data.init_args.shuffle_buffer=0")
+    (shards / "train-long.tar").write_bytes(
+        tar_bytes(
+            {"x.json": json.dumps({"prompt": "Q:" + "1" * 100_000 + "=", "answer": "1", "difficulty": 1}).encode()}
+        )
+    )
+    run = tiny_run(
+        tiny_dir,
+        shard_dir,
+        "damaged",
+        3,
+        f"--data.init_args.train_shards={shards}/train-*",
+        "--data.init_args.shuffle_buffer=0",
+    )
     result = k15(*run, cwd=tmp_path, check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     logged = scalars(tmp_path / "runs/damaged/version_0")
@@ -160,5 +209,7 @@ def test_damaged_shards_through_the_cli_are_skipped_counted_or_one_line(tiny_dir
         path.unlink()
     result = k15(*run, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("k15: error:"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("k15: error:"), (
+        result.stderr[-2000:]
+    )
     assert f"{shards}/train-*" in result.stderr.strip().splitlines()[-1]

@@ -47,9 +47,14 @@ def namespaces_impossible() -> str | None:
             "the sandbox's namespaces need root: isolation.py unshares mount/pid/net/ipc/uts namespaces "
             "without a user namespace, which takes CAP_SYS_ADMIN (unprivileged user namespaces would not help)"
         )
-    probe = subprocess.run([sys.executable, "-S", "-I", "-c", UNSHARE_PROBE], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", UNSHARE_PROBE], capture_output=True, text=True, timeout=60
+    )
     if probe.returncode != 0:
-        return f"root, but unshare(mount|pid|net|ipc|uts) is refused here ({probe.stderr.strip()[-200:]}): a container without CAP_SYS_ADMIN or with a seccomp filter"
+        return (
+            f"root, but unshare(mount|pid|net|ipc|uts) is refused here ({probe.stderr.strip()[-200:]}): "
+            "a container without CAP_SYS_ADMIN or with a seccomp filter"
+        )
     return None
 
 
@@ -113,11 +118,16 @@ def test_infinite_loop_times_out(sandbox):
 
 
 def test_raising_own_limits_fails(sandbox):
-    program = "import resource\ntry:\n    resource.setrlimit(resource.RLIMIT_CPU, (-1, -1))\nexcept Exception:\n    pass\nwhile True:\n    pass"
+    program = (
+        "import resource\ntry:\n    resource.setrlimit(resource.RLIMIT_CPU, (-1, -1))\nexcept Exception:\n    pass\n"
+        "while True:\n    pass"
+    )
     assert sandbox.run(program, ONE).verdicts == ["timeout"]
 
 
-@pytest.mark.parametrize("program", ["x = bytearray(10**10)", "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))"])
+@pytest.mark.parametrize(
+    "program", ["x = bytearray(10**10)", "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))"]
+)
 def test_memory_bomb_is_memory(sandbox, program):
     assert sandbox.run(program, ONE).verdicts == ["memory"]
 
@@ -130,7 +140,10 @@ def test_huge_stdout_is_cut(sandbox):
 def test_writes_outside_the_work_dir_stay_inside(contained):
     marker = f"k15_escape_{uuid.uuid4().hex}"
     targets = [f"/tmp/{marker}", f"{ROOT}/{marker}", f"/root/{marker}"]
-    program = "\n".join(f"try:\n    open({t!r}, 'w').write('x')\nexcept Exception:\n    pass" for t in targets) + "\nprint('done')"
+    program = (
+        "\n".join(f"try:\n    open({t!r}, 'w').write('x')\nexcept Exception:\n    pass" for t in targets)
+        + "\nprint('done')"
+    )
     assert contained.run(program, [Case("", "done")]).verdicts == ["ok"]
     assert not any(os.path.exists(t) for t in targets)
 
@@ -166,7 +179,10 @@ def test_shell_is_contained(contained):
 
 def test_killing_parent_and_everyone_hurts_nobody(contained):
     # canaries on the host: one as root, one as the very uid the next run will get
-    canaries = [subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"], user=UIDS.queue[0], group=UIDS.queue[0])]
+    canaries = [
+        subprocess.Popen(["sleep", "30"]),
+        subprocess.Popen(["sleep", "30"], user=UIDS.queue[0], group=UIDS.queue[0]),
+    ]
     try:
         # kill(-1) reaches no one: the pid namespace holds only root's init and the program itself
         program = blocked("os.kill(os.getppid(), 9)", "os.kill(1, 9)", "os.kill(-1, 9)") + "\nprint('alive')"
@@ -215,7 +231,10 @@ def test_no_privileges_left(contained):
 
 def test_probe_of_own_sandbox(contained):
     """What the program sees: an unprivileged uid, no capabilities, an empty-ish root."""
-    program = "import os\nprint(os.getuid() != 0, os.getgid() != 0, sorted(os.listdir('/')))\nprint(open('/proc/self/status').read() if os.path.exists('/proc') else 'no proc')"
+    program = (
+        "import os\nprint(os.getuid() != 0, os.getgid() != 0, sorted(os.listdir('/')))\n"
+        "print(open('/proc/self/status').read() if os.path.exists('/proc') else 'no proc')"
+    )
     expected = "True True ['bin', 'box', 'dev', 'lib', 'lib64', 'sbin', 'tmp', 'usr']\nno proc"
     assert contained.run(program, [Case("", expected)]).verdicts == ["ok"]
 
@@ -241,7 +260,12 @@ if os.fork() == 0:
 
 def test_ipc_objects_cannot_be_made(contained):
     """System V IPC objects and POSIX message queues would outlive a test in the cell's namespace."""
-    calls = ["shmget(4242, 4096, 0o1666)", "msgget(4242, 0o1666)", "semget(4242, 1, 0o1666)", "mq_open(b'/k15', 0o102, 0o666, None)"]
+    calls = [
+        "shmget(4242, 4096, 0o1666)",
+        "msgget(4242, 0o1666)",
+        "semget(4242, 1, 0o1666)",
+        "mq_open(b'/k15', 0o102, 0o666, None)",
+    ]
     program = blocked(*(f"import ctypes; assert ctypes.CDLL(None).{call} != -1" for call in calls))
     assert contained.run(program, [Case("", "blocked\n" * len(calls))]).verdicts == ["ok"]
 
@@ -275,13 +299,22 @@ print(sorted(t for t in seen - {own[len(needle) : len(needle) + 2]} if t[:1].isd
 def test_python_runs_as_a_fresh_interpreter_would(contained):
     """What ``python -S -I -B main.py`` in /box shows a program: names, argv, exit statuses, and the
     flush at shutdown of stdout and of a file object the program left open."""
-    program = "import sys, os\nprint(__name__, __file__, sys.argv, os.getcwd(), 'site' in sys.modules)\nout = open(1, 'w')\nout.write('kept open\\n')"
+    program = (
+        "import sys, os\nprint(__name__, __file__, sys.argv, os.getcwd(), 'site' in sys.modules)\n"
+        "out = open(1, 'w')\nout.write('kept open\\n')"
+    )
     expected = "__main__ /box/main.py ['main.py'] /box False\nkept open"
     assert contained.run(program, [Case("", expected)]).verdicts == ["ok"]
-    for ending, expected_verdict in [("raise SystemExit('bye')", "runtime_error"), ("raise SystemExit(3)", "runtime_error"), ("import sys\nsys.exit()", "ok")]:
+    for ending, expected_verdict in [
+        ("raise SystemExit('bye')", "runtime_error"),
+        ("raise SystemExit(3)", "runtime_error"),
+        ("import sys\nsys.exit()", "ok"),
+    ]:
         program = f"import atexit\natexit.register(lambda: print('atexit'))\n{ending}"
         assert contained.run(program, [Case("", "atexit")]).verdicts == [expected_verdict]
-    assert contained.run("import sys\nsys.stdout.write('x')\nimport os\nos.close(1)", ONE).verdicts == ["runtime_error"]  # status 120
+    assert contained.run("import sys\nsys.stdout.write('x')\nimport os\nos.close(1)", ONE).verdicts == [
+        "runtime_error"
+    ]  # status 120
 
 
 # ---- correctness ------------------------------------------------------------------------------
@@ -332,9 +365,13 @@ def test_rlimits_only_fallback_still_judges(sandbox):
 
 @pytest.fixture(scope="module")
 def cpp(sandbox) -> Sandbox:
-    if not os.path.exists("/usr/bin/g++"):  # the sandbox runs /usr/bin/g++ (a namespaced cell sees only the host's /usr)
+    if not os.path.exists(
+        "/usr/bin/g++"
+    ):  # the sandbox runs /usr/bin/g++ (a namespaced cell sees only the host's /usr)
         found = shutil.which("g++")
-        pytest.skip(f"C++ verdicts need /usr/bin/g++ (apt-get install g++){f'; {found} is outside /usr' if found else ''}")
+        pytest.skip(
+            f"C++ verdicts need /usr/bin/g++ (apt-get install g++){f'; {found} is outside /usr' if found else ''}"
+        )
     return sandbox
 
 
@@ -350,13 +387,15 @@ def test_cpp_verdicts(cpp):
 
 # ---- pure logic -------------------------------------------------------------------------------
 
-lines = st.lists(st.text(st.characters(blacklist_categories=["Cs", "Zl", "Zp", "Cc"]), max_size=10), min_size=1, max_size=6)
+lines = st.lists(
+    st.text(st.characters(blacklist_categories=["Cs", "Zl", "Zp", "Cc"]), max_size=10), min_size=1, max_size=6
+)
 
 
 @given(lines, st.lists(st.sampled_from([" ", "\t", "  "]), min_size=6, max_size=6), st.integers(0, 3))
 def test_comparison_ignores_trailing_whitespace(text, pads, newlines):
     expected = "\n".join(text)
-    padded = "\n".join(line + pad for line, pad in zip(text, pads)) + "\n" * newlines
+    padded = "\n".join(line + pad for line, pad in zip(text, pads, strict=False)) + "\n" * newlines
     assert same_output(padded, expected)
 
 

@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 from k15.reward.shaping import length_reward, repeated_ngram_share
 
 groups = st.integers(1, 8).flatmap(
-    lambda k: st.lists(st.tuples(st.lists(st.integers(1, 500), min_size=k, max_size=k), st.lists(st.booleans(), min_size=k, max_size=k)), min_size=1, max_size=4)
+    lambda k: st.lists(
+        st.tuples(
+            st.lists(st.integers(1, 500), min_size=k, max_size=k), st.lists(st.booleans(), min_size=k, max_size=k)
+        ),
+        min_size=1,
+        max_size=4,
+    )
 )
 
 
@@ -16,9 +22,9 @@ def test_matches_formula_row_by_row(rows):
     lengths = torch.tensor([r[0] for r in rows])
     correct = torch.tensor([r[1] for r in rows])
     out = length_reward(lengths, correct)
-    for (lens, oks), got in zip(rows, out.tolist()):
+    for (lens, oks), got in zip(rows, out.tolist(), strict=True):
         lo, hi = min(lens), max(lens)
-        for length, ok, value in zip(lens, oks, got):
+        for length, ok, value in zip(lens, oks, got, strict=True):
             lam = 0.0 if hi == lo else 0.5 - (length - lo) / (hi - lo)
             assert abs(value - (lam if ok else min(0.0, lam))) < 1e-6
 
@@ -57,10 +63,19 @@ def test_format_reward_is_one_exactly_for_full_matches(completions):
 
 
 @given(
-    st.integers(1, 4).flatmap(lambda k: st.tuples(st.just(k), st.lists(st.sampled_from(["1+2+0=3,A:3", "A:4", "junk", "1+1"]), min_size=k, max_size=3 * k))),
-    st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.integers(0, 3),
+    st.integers(1, 4).flatmap(
+        lambda k: st.tuples(
+            st.just(k), st.lists(st.sampled_from(["1+2+0=3,A:3", "A:4", "junk", "1+1"]), min_size=k, max_size=3 * k)
+        )
+    ),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.integers(0, 3),
 )
-def test_total_reward_is_correctness_plus_the_weighted_terms(case, length_weight, repeat_weight, format_weight, iteration):
+def test_total_reward_is_correctness_plus_the_weighted_terms(
+    case, length_weight, repeat_weight, format_weight, iteration
+):
     from k15.reward import FormatReward, LengthPenalty, RepetitionPenalty, Responses, RewardModule
 
     k, texts = case
@@ -69,9 +84,8 @@ def test_total_reward_is_correctness_plus_the_weighted_terms(case, length_weight
         return
     finish = ["repeat" if i % 3 == 0 else "stop" for i in range(len(texts))]
     tokens = [[ord(c) for c in t] for t in texts]
-    reward = RewardModule(shaping=[
-        LengthPenalty(length_weight, warmup_iterations=2), RepetitionPenalty(repeat_weight), FormatReward(TINY_FORMAT, format_weight),
-    ])  # fmt: skip
+    shaping = [LengthPenalty(length_weight, warmup_iterations=2), RepetitionPenalty(repeat_weight)]
+    reward = RewardModule(shaping=[*shaping, FormatReward(TINY_FORMAT, format_weight)])
     r = reward(Responses(["Q:1+2="] * len(texts), texts, ["3"] * len(texts), tokens, finish, k, iteration))
     correct = torch.tensor([float(t.endswith("A:3")) for t in texts]).view(-1, k)
     repeated = torch.tensor([reason == "repeat" for reason in finish], dtype=torch.float32).view(-1, k)
@@ -81,11 +95,13 @@ def test_total_reward_is_correctness_plus_the_weighted_terms(case, length_weight
     torch.testing.assert_close(r.total, correct + w * length - repeat_weight * repeated + format_weight * formatted)
     torch.testing.assert_close(r.total, sum(r.parts.values()))
     assert r.correct.tolist() == correct.tolist() and list(r.parts) == ["correct", "length", "repetition", "format"]
-    assert r.reasons["correct"] == ["match" if t.endswith("A:3") else "mismatch" if "A:" in t else "no_answer" for t in texts]
+    assert r.reasons["correct"] == [
+        "match" if t.endswith("A:3") else "mismatch" if "A:" in t else "no_answer" for t in texts
+    ]
     assert r.reasons["repetition"] == ["looped" if f == "repeat" else "clean" for f in finish]
     breakdown = r.breakdown()
     assert abs(breakdown["reward/format"] - format_weight * float(formatted.mean())) < 1e-6
-    for name, reasons in r.reasons.items():  # each term's reason shares sum to one
+    for name in r.reasons:  # each term's reason shares sum to one
         assert abs(sum(v for key, v in breakdown.items() if key.startswith(f"reward/{name}/")) - 1) < 1e-6
 
 
@@ -124,8 +140,18 @@ def test_saying_it_again_never_repeats_less(ys, n):
 def test_repetition_penalty_term_scores_loops_and_shares():
     from k15.reward import RepetitionPenalty, Responses
 
-    responses = Responses(["q"] * 3, ["a"] * 3, ["a"] * 3, [[1, 2, 3, 4], [1, 2, 1, 2, 1, 2], [5]], ["stop", "stop", "repeat"], k=3, iteration=0)
+    responses = Responses(
+        ["q"] * 3,
+        ["a"] * 3,
+        ["a"] * 3,
+        [[1, 2, 3, 4], [1, 2, 1, 2, 1, 2], [5]],
+        ["stop", "stop", "repeat"],
+        k=3,
+        iteration=0,
+    )
     scores = RepetitionPenalty(weight=1.0, ngram=2).score(responses, torch.zeros(1, 3))
-    torch.testing.assert_close(scores.values, torch.tensor([[0.0, -3 / 5, -1.0]]))  # 1 2 | 1 2 | 1 2: 3 of 5 bigrams seen before
+    torch.testing.assert_close(
+        scores.values, torch.tensor([[0.0, -3 / 5, -1.0]])
+    )  # 1 2 | 1 2 | 1 2: 3 of 5 bigrams seen before
     assert scores.reasons == ["clean", "repeats", "looped"]
     assert RepetitionPenalty(weight=1.0).score(responses, torch.zeros(1, 3)).values.tolist() == [[0.0, 0.0, -1.0]]

@@ -63,7 +63,9 @@ def sequence_logp(model, rollout: Rollout) -> torch.Tensor:
     return (token_logprobs(model, rollout.input_ids, rollout.attention_mask).double() * rollout.loss_mask).sum(1)
 
 
-def reinforce_gradient(model, rollout: Rollout, advantages: torch.Tensor, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+def reinforce_gradient(
+    model, rollout: Rollout, advantages: torch.Tensor, rows: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """∇ of the k1.5 loss at θ = θ_i, where ℓ_j = 0: −(1/|rows|) Σ_j a_j ∇ log π_θ(y_j) (Eq. 3)."""
     model.zero_grad()
     rows = torch.arange(len(advantages)) if rows is None else rows
@@ -74,8 +76,16 @@ def reinforce_gradient(model, rollout: Rollout, advantages: torch.Tensor, rows: 
 
 
 def run_update(model, rollout, optimizer, ref_logp=None, seed=0, **kwargs):
-    return update_policy(model, rollout, KimiLoss(TAU), optimizer, ref_logp, generator=torch.Generator().manual_seed(seed),
-                         guard=kwargs.pop("guard", FiniteGuard(3)), **kwargs)
+    return update_policy(
+        model,
+        rollout,
+        KimiLoss(TAU),
+        optimizer,
+        ref_logp,
+        generator=torch.Generator().manual_seed(seed),
+        guard=kwargs.pop("guard", FiniteGuard(3)),
+        **kwargs,
+    )
 
 
 def deltas(before, after) -> list[torch.Tensor]:
@@ -94,11 +104,15 @@ def test_one_full_step_is_sgd_on_the_reinforce_gradient(policy, micro_batch_toke
     model = copy.deepcopy(policy)
     expected = [-0.1 * g for g in reinforce_gradient(model, rollout, mean_baseline_advantages(rollout.rewards.total))]
     before = copy.deepcopy(model)
-    stats = run_update(model, rollout, torch.optim.SGD(model.parameters(), lr=0.1), micro_batch_tokens=micro_batch_tokens)
+    stats = run_update(
+        model, rollout, torch.optim.SGD(model.parameters(), lr=0.1), micro_batch_tokens=micro_batch_tokens
+    )
     assert_all_close(deltas(before, model), expected)
     assert stats.log_ratios.abs().max() == 0  # first (only) pass at θ = θ_i
     in_loss = rollout.loss_mask.bool()
-    torch.testing.assert_close(stats.ref_logp[in_loss], token_logprobs(before, rollout.input_ids, rollout.attention_mask)[in_loss].float())
+    torch.testing.assert_close(
+        stats.ref_logp[in_loss], token_logprobs(before, rollout.input_ids, rollout.attention_mask)[in_loss].float()
+    )
 
 
 def test_a_separate_reference_pass_gives_the_same_first_step(policy):
@@ -131,11 +145,15 @@ def test_two_steps_per_pass_follow_the_seeded_order_and_the_squared_term(policy)
 
     model = copy.deepcopy(policy)
     ref = token_logprobs(policy, rollout.input_ids, rollout.attention_mask).detach()
-    stats = run_update(model, rollout, torch.optim.SGD(model.parameters(), lr=lr), ref_logp=ref, seed=7, trajectories_per_step=n // 2)
+    stats = run_update(
+        model, rollout, torch.optim.SGD(model.parameters(), lr=lr), ref_logp=ref, seed=7, trajectories_per_step=n // 2
+    )
     assert_all_close(deltas(policy, model), deltas(policy, by_hand), rtol=1e-6, atol=1e-11)
     assert len(stats.step_losses) == 2 and stats.log_ratios[n // 2 :].abs().max() > 0  # the second step saw θ₁ ≠ θ_i
     with pytest.raises(ValueError, match="first step"):
-        run_update(copy.deepcopy(policy), rollout, torch.optim.SGD(policy.parameters(), lr=lr), trajectories_per_step=n // 2)
+        run_update(
+            copy.deepcopy(policy), rollout, torch.optim.SGD(policy.parameters(), lr=lr), trajectories_per_step=n // 2
+        )
 
 
 def test_a_different_seed_orders_the_steps_differently(policy):
@@ -144,7 +162,14 @@ def test_a_different_seed_orders_the_steps_differently(policy):
     ends = []
     for seed in (1, 1, 2):
         model = copy.deepcopy(policy)
-        run_update(model, rollout, torch.optim.SGD(model.parameters(), lr=0.05), ref_logp=ref, seed=seed, trajectories_per_step=2)
+        run_update(
+            model,
+            rollout,
+            torch.optim.SGD(model.parameters(), lr=0.05),
+            ref_logp=ref,
+            seed=seed,
+            trajectories_per_step=2,
+        )
         ends.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(ends[0], ends[1]) and not torch.equal(ends[0], ends[2])
 
@@ -185,7 +210,9 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_after_n_in_a_row(
     model, guard = copy.deepcopy(policy), FiniteGuard(3)
     stats = run_update(model, rollout, torch.optim.SGD(model.parameters(), lr=0.1), guard=guard, passes=2)
     assert stats.skipped_steps == 2 and guard.skipped == 2 and guard.in_a_row == 2
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), policy.parameters(), strict=True))  # nothing stepped
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), policy.parameters(), strict=True)
+    )  # nothing stepped
     with pytest.raises(RunStopped, match="3 optimizer steps in a row"):
         run_update(model, rollout, torch.optim.SGD(model.parameters(), lr=0.1), guard=guard)
     good = rollout_of(*ROLLOUT_ARGS)
@@ -221,10 +248,22 @@ def test_the_update_on_a_gpu_equals_the_cpu_update(policy):
     """The same update on CUDA: the seeded row order and the finite checks behave alike there."""
     rollout = rollout_of(*ROLLOUT_ARGS)
     cpu, gpu = copy.deepcopy(policy), copy.deepcopy(policy).cuda()
-    run_update(cpu, rollout, torch.optim.SGD(cpu.parameters(), lr=0.05), trajectories_per_step=4, micro_batch_tokens=12,
-               ref_logp=token_logprobs(policy, rollout.input_ids, rollout.attention_mask).detach())
+    run_update(
+        cpu,
+        rollout,
+        torch.optim.SGD(cpu.parameters(), lr=0.05),
+        trajectories_per_step=4,
+        micro_batch_tokens=12,
+        ref_logp=token_logprobs(policy, rollout.input_ids, rollout.attention_mask).detach(),
+    )
     on_gpu = rollout_of(*ROLLOUT_ARGS)
     on_gpu.to("cuda")
-    run_update(gpu, on_gpu, torch.optim.SGD(gpu.parameters(), lr=0.05), trajectories_per_step=4, micro_batch_tokens=12,
-               ref_logp=token_logprobs(gpu, on_gpu.input_ids, on_gpu.attention_mask).detach())
+    run_update(
+        gpu,
+        on_gpu,
+        torch.optim.SGD(gpu.parameters(), lr=0.05),
+        trajectories_per_step=4,
+        micro_batch_tokens=12,
+        ref_logp=token_logprobs(gpu, on_gpu.input_ids, on_gpu.attention_mask).detach(),
+    )
     assert_all_close([p.cpu() for p in deltas(policy, gpu.cpu())], deltas(policy, cpu), rtol=1e-5, atol=1e-9)

@@ -29,7 +29,7 @@ def assert_engine_matches_policy(engine, model, prompts):
     hf.sync(model)
     ours, reference = engine.generate(prompts, GREEDY), hf.generate(prompts, GREEDY)
     assert [g[0].token_ids for g in ours] == [g[0].token_ids for g in reference]
-    for prompt, group in zip(prompts, ours):
+    for prompt, group in zip(prompts, ours, strict=True):
         completion = group[0]
         ids = torch.tensor([prompt + completion.token_ids])
         trainer_logp = token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt) :]

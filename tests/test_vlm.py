@@ -21,7 +21,15 @@ from k15.rollout.vllm import VLLMEngine
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzAHMS?.:+=, "
 VISION = ROOT / "shards/vision"
-SMALL_VLM = dict(vision_hidden_size=32, vision_layers=1, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
+SMALL_VLM = dict(
+    vision_hidden_size=32,
+    vision_layers=1,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=128,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,9 @@ def test_saved_vlm_reloads_as_the_same_model_processor_and_tokenizer(vlm, record
     text = "How many circles? A:3"  # spaces survive the round trip (a qwen2 text folder would drop them)
     assert source.tokenizer()(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
-    original, again = (encode_prompt(records[0]["prompt"], records[0]["images"], tokenizer, p) for p in (processor, source.processor()))
+    original, again = (
+        encode_prompt(records[0]["prompt"], records[0]["images"], tokenizer, p) for p in (processor, source.processor())
+    )
     assert original.token_ids == again.token_ids
     torch.testing.assert_close(original.model_inputs["pixel_values"], again.model_inputs["pixel_values"])
     ids = torch.tensor([original.token_ids])
@@ -60,7 +70,10 @@ def test_image_prompt_expands_to_one_token_per_patch(vlm, records):
     encoded = encode_prompt(record["prompt"], record["images"], tokenizer, processor)
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     assert encoded.token_ids.count(image_token) == (64 // 8) ** 2
-    assert encoded.token_ids[-len(record["prompt"]) :] == tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+    assert (
+        encoded.token_ids[-len(record["prompt"]) :]
+        == tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+    )
     assert encoded.model_inputs["pixel_values"].shape == (1, 3, 64, 64)
     text = encode_prompt("Q:1+2=", [], tokenizer, processor)
     assert text.model_inputs == {} and image_token not in text.token_ids
@@ -85,7 +98,9 @@ def test_the_image_changes_the_policy_and_batching_does_not(vlm, records):
     batch = prompt_batch([records[0], other_image, *records[1:]], tokenizer, processor)
     rows = list(range(len(batch)))
     width = max(len(batch.prompt_ids[i]) for i in rows)
-    ids = torch.tensor([batch.prompt_ids[i] + [tokenizer.pad_token_id] * (width - len(batch.prompt_ids[i])) for i in rows])
+    ids = torch.tensor(
+        [batch.prompt_ids[i] + [tokenizer.pad_token_id] * (width - len(batch.prompt_ids[i])) for i in rows]
+    )
     mask = (torch.arange(width)[None] < torch.tensor([len(batch.prompt_ids[i]) for i in rows])[:, None]).long()
     together = token_logprobs(model, ids, mask, **concat_model_inputs([batch.model_inputs[i] for i in rows]))
     for n, i in enumerate(rows):
@@ -101,7 +116,10 @@ def test_hf_engine_samples_image_prompts_and_rollout_rows_keep_their_images(vlm,
     batch = prompt_batch(records, tokenizer, processor)
     engine = HFEngine()
     engine.sync(model)
-    requests = [Request(ids, 2, 6, images, inputs) for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)]
+    requests = [
+        Request(ids, 2, 6, images, inputs)
+        for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)
+    ]
     together = engine.sample(requests, Sampling(temperature=0.0))
     alone = [engine.sample([r], Sampling(temperature=0.0))[0] for r in requests]
     assert [[c.token_ids for c in g] for g in together] == [[c.token_ids for c in g] for g in alone]
@@ -118,13 +136,35 @@ def test_vllm_engine_refuses_image_prompts_with_what_to_use():
 @pytest.mark.slow
 def test_tiny_vlm_recipe_runs_sft_then_rl_through_the_cli(tmp_path):
     """Both stages of the tiny VLM recipe, shrunk: images shard → data module → engine → update."""
-    shards = [f"--data.init_args.train_shards={VISION}/train-000000.tar.gz", f"--data.init_args.heldout_shards={VISION}/heldout-000000.tar.gz",
-              "--data.init_args.heldout_prompts=8", "--data.init_args.heldout_prompts_per_batch=4"]
+    shards = [
+        f"--data.init_args.train_shards={VISION}/train-000000.tar.gz",
+        f"--data.init_args.heldout_shards={VISION}/heldout-000000.tar.gz",
+        "--data.init_args.heldout_prompts=8",
+        "--data.init_args.heldout_prompts_per_batch=4",
+    ]
     small = [f"--model.init_args.model.init_args.{key}={value}" for key, value in SMALL_VLM.items()]
-    k15("fit", "-c", str(CONF / "tiny_vlm_sft.yaml"), *shards, *small, "--data.init_args.steps=3", "--data.init_args.examples_per_step=8",
-        "--trainer.val_check_interval=3", cwd=tmp_path)
-    k15("fit", "-c", str(CONF / "tiny_vlm.yaml"), *shards, "--data.init_args.iterations=2", "--trainer.val_check_interval=2",
-        "--data.init_args.prompts_per_iteration=4", "--model.init_args.rollout.init_args.samples_per_prompt=2", cwd=tmp_path)
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny_vlm_sft.yaml"),
+        *shards,
+        *small,
+        "--data.init_args.steps=3",
+        "--data.init_args.examples_per_step=8",
+        "--trainer.val_check_interval=3",
+        cwd=tmp_path,
+    )
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny_vlm.yaml"),
+        *shards,
+        "--data.init_args.iterations=2",
+        "--trainer.val_check_interval=2",
+        "--data.init_args.prompts_per_iteration=4",
+        "--model.init_args.rollout.init_args.samples_per_prompt=2",
+        cwd=tmp_path,
+    )
     logged = scalars(tmp_path / "runs/tiny_vlm/version_0")
     assert [s.step for s in logged["rollout/reward"]] == [0, 1]
     assert len(logged["heldout/accuracy"]) == 2 and "train/loss" in logged and "data/success_mean" in logged

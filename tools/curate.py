@@ -125,14 +125,10 @@ def rule_filters(args, keys, prompts, answers, images) -> dict[int, dict]:
     minhash = MinHash(shingle_chars=args.shingle_chars)
     near = (args.near_threshold, minhash, args.image_near_duplicates)
     duplicates = find_duplicates(prompts, answers, images, *near)
-    dropped = {
-        i: {"reason": r, "duplicate_of": keys[j]} for i, (r, j) in duplicates.items()
-    }
+    dropped = {i: {"reason": r, "duplicate_of": keys[j]} for i, (r, j) in duplicates.items()}
     alive = [i for i in range(len(prompts)) if i not in dropped]
     kinds = tuple(k for k in UNEVALUABLE_KINDS if k not in args.keep_kinds)
-    closed = closed_set_prompts(
-        [prompts[i] for i in alive], [answers[i] for i in alive], args.max_choices
-    )
+    closed = closed_set_prompts([prompts[i] for i in alive], [answers[i] for i in alive], args.max_choices)
     for i in alive:
         in_closed = normalise(prompts[i]) in closed
         kind = unevaluable_kind(prompts[i], answers[i], kinds)
@@ -151,46 +147,32 @@ class Judge:
         self.engine, self.tokenizer, self.processor = engine, tokenizer, processor
         self.verifier, self.seed = FinalAnswerMatch(marker), seed
 
-    def correct(
-        self, prompts, answers, images, samples, max_new_tokens, temperature, suffix=""
-    ):
+    def correct(self, prompts, answers, images, samples, max_new_tokens, temperature, suffix=""):
         """[P] correct completions of prompt + ``suffix``, each read as suffix + completion
         (so the marker a no-CoT prompt ends with is seen by the verifier)."""
         counts = []
         for start in range(0, len(prompts), PROMPTS_PER_CALL):
             chunk = range(start, min(start + PROMPTS_PER_CALL, len(prompts)))
-            encoded = [
-                encode_prompt(prompts[p] + suffix, images[p], self.tokenizer, self.processor)
-                for p in chunk
-            ]
-            requests = [
-                Request(e.token_ids, samples, max_new_tokens, e.images, e.model_inputs)
-                for e in encoded
-            ]
+            encoded = [encode_prompt(prompts[p] + suffix, images[p], self.tokenizer, self.processor) for p in chunk]
+            requests = [Request(e.token_ids, samples, max_new_tokens, e.images, e.model_inputs) for e in encoded]
             sampling = Sampling(temperature=temperature, seed=self.seed)
             groups = self.engine.sample(requests, sampling)
             self.seed += len(chunk) * samples
             for p, group in zip(chunk, groups, strict=True):
-                texts = self.tokenizer.batch_decode(
-                    [c.token_ids for c in group], skip_special_tokens=True
-                )
+                texts = self.tokenizer.batch_decode([c.token_ids for c in group], skip_special_tokens=True)
                 counts.append(sum(self.verifier(suffix + t, answers[p]) for t in texts))
             print(f"{len(counts)}/{len(prompts)} prompts", file=sys.stderr, flush=True)
         return counts
 
 
-def model_filters(
-    args, source, prompts, answers, images
-) -> tuple[dict[int, dict], dict[int, int], dict]:
+def model_filters(args, source, prompts, answers, images) -> tuple[dict[int, dict], dict[int, int], dict]:
     """Steps 3–4 on the prompts the model can read: (dropped {index: details}, correct CoT
     samples of each prompt that reached step 4, {"engine": name, "seconds": per pass})."""
     tokenizer, processor = source.tokenizer(), source.processor()
     if args.engine == "hf" or processor is not None:
         engine = HFEngine()
     else:
-        longest = max(
-            len(tokenizer(p + args.no_cot_suffix)["input_ids"]) for p in prompts
-        )
+        longest = max(len(tokenizer(p + args.no_cot_suffix)["input_ids"]) for p in prompts)
         new_tokens = max(args.max_new_tokens, args.no_cot_max_new_tokens)
         vllm = {"dtype": args.dtype, "kv_cache_gib": args.kv_cache_gib}
         engine = AutoEngine(vllm=vllm | {"max_model_len": longest + new_tokens})
@@ -199,21 +181,13 @@ def model_filters(
     started = time.perf_counter()
     print("easy to hack: no-CoT samples", file=sys.stderr)
     hack = (args.hack_tries, args.no_cot_max_new_tokens, args.hack_temperature)
-    hacked = judge.correct(
-        prompts, answers, images, *hack, suffix=args.no_cot_suffix
-    )
-    dropped = {
-        p: {"reason": "easy_to_hack", "correct_tries": c}
-        for p, c in enumerate(hacked)
-        if c
-    }
+    hacked = judge.correct(prompts, answers, images, *hack, suffix=args.no_cot_suffix)
+    dropped = {p: {"reason": "easy_to_hack", "correct_tries": c} for p, c in enumerate(hacked) if c}
     left = [p for p in range(len(prompts)) if p not in dropped]
     hacked_at = time.perf_counter()
     print("pass rate: CoT samples", file=sys.stderr)
     cot = (args.pass_samples, args.max_new_tokens, args.temperature)
-    passed = judge.correct(
-        *([column[p] for p in left] for column in (prompts, answers, images)), *cot
-    )
+    passed = judge.correct(*([column[p] for p in left] for column in (prompts, answers, images)), *cot)
     seconds = {
         "easy_to_hack": hacked_at - started,
         "pass_rate": time.perf_counter() - hacked_at,
@@ -241,9 +215,7 @@ def write_curated(args, records) -> list[int]:
             }
             if correct is not None:
                 record["difficulty_label_original"] = record["difficulty"]
-                record["difficulty"] = difficulty_from_pass_rate(
-                    correct, args.pass_samples
-                )
+                record["difficulty"] = difficulty_from_pass_rate(correct, args.pass_samples)
                 record["pass_rate"] = correct / args.pass_samples
             difficulties.append(record["difficulty"])
             sink.write({"__key__": f"{written:08d}", "json": record, **sample})
@@ -257,9 +229,7 @@ def histogram(values) -> dict:
 def main() -> None:
     args = parse_args()
     if list(args.out.glob("train-*.tar*")):
-        raise SystemExit(
-            f"{args.out} already holds shards: curate into an empty folder"
-        )
+        raise SystemExit(f"{args.out} already holds shards: curate into an empty folder")
     seconds, started = {}, time.perf_counter()
 
     def lap(step: str) -> None:  # seconds since the previous lap
@@ -286,9 +256,7 @@ def main() -> None:
         correct = {text[p]: c for p, c in passes.items()}
     lap("model")  # engine start-up, the two sampling passes (in model_seconds), scoring
     kept = [i for i in range(n) if i not in dropped]
-    difficulties = write_curated(
-        args, [(keys[i], members[keys[i]], correct.get(i)) for i in kept]
-    )
+    difficulties = write_curated(args, [(keys[i], members[keys[i]], correct.get(i)) for i in kept])
     lap("write")
 
     reasons = Counter(details["reason"] for details in dropped.values())

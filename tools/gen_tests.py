@@ -41,7 +41,9 @@ def record(problem: Problem, tests: list[TestCase]) -> dict:
 
 def describe(report: Report) -> str:
     """One report line: counts, the verdict, and the solutions that missed tests."""
-    missed = ", ".join(f"{name} {count}/{report.tests}" for name, count in report.passed.items() if count < report.tests)
+    missed = ", ".join(
+        f"{name} {count}/{report.tests}" for name, count in report.passed.items() if count < report.tests
+    )
     return (
         f"{report.name:<18} inputs {report.generated} generated, {report.distinct} distinct, {report.tests} kept; "
         f"{'KEPT' if report.kept else 'DROPPED'}: {report.reason}" + (f"; short: {missed}" if missed else "")
@@ -54,7 +56,9 @@ def main() -> None:
     parser.add_argument("--out", default="shards/code")
     parser.add_argument("--inputs", type=int, default=50, help="generator runs per problem")
     parser.add_argument("--agree", type=float, default=0.7, help="share of solutions that must agree to keep an input")
-    parser.add_argument("--pass", dest="min_pass", type=float, default=0.9, help="share of solutions that must pass to keep a problem")
+    parser.add_argument(
+        "--pass", dest="min_pass", type=float, default=0.9, help="share of solutions that must pass to keep a problem"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="programs run at once (default: CPU count)")
     args = parser.parse_args()
@@ -68,7 +72,9 @@ def main() -> None:
         reports.append(report)
         if report.kept:
             splits[problem.split].append(record(problem, tests))
-    written = {split: write_shards(records, f"{args.out}/{split}-%06d.tar.gz") for split, records in splits.items() if records}
+    written = {
+        split: write_shards(records, f"{args.out}/{split}-%06d.tar.gz") for split, records in splits.items() if records
+    }
     totals = {
         "problems_kept": sum(r.kept for r in reports),
         "problems_dropped": sum(not r.kept for r in reports),

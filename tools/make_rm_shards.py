@@ -29,7 +29,14 @@ import argparse
 import random
 from collections import Counter
 
-from k15.data.arithmetic import ANSWER_MARKER, MAX_DIFFICULTY, Problem, sample_problem, teacher_solution, worked_solution
+from k15.data.arithmetic import (
+    ANSWER_MARKER,
+    MAX_DIFFICULTY,
+    Problem,
+    sample_problem,
+    teacher_solution,
+    worked_solution,
+)
 from k15.data.judging import judging_prompt, worked_verdict
 from k15.data.shards import write_shards
 from k15.reward.answer import FinalAnswerMatch
@@ -118,7 +125,10 @@ def main() -> None:
     n_heldout = write_shards(heldout, f"{args.out}/heldout-%06d.tar.gz", records_per_shard=args.records_per_shard)
     for name, records in (("train", train), ("heldout", heldout)):
         kinds = Counter(r["kind"] for r in records)
-        print(f"{name}: {len(records)} records, {sum(r['correct'] for r in records) / len(records):.1%} correct, kinds {dict(kinds)}")
+        print(
+            f"{name}: {len(records)} records, {sum(r['correct'] for r in records) / len(records):.1%} correct, kinds "
+            f"{dict(kinds)}"
+        )
     print(f"wrote {n_train} train and {n_heldout} held-out judging records to {args.out}/")
 
 

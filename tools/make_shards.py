@@ -42,8 +42,15 @@ def vision_samples(count: int, seed: int, exclude: set[tuple[str, bytes]]) -> li
         if (problem.prompt, png.getvalue()) in seen:
             continue
         seen.add((problem.prompt, png.getvalue()))
-        record = {"prompt": problem.prompt, "answer": problem.answer, "difficulty": problem.difficulty,
-                  "solution": f"A:{problem.answer}", "task": task, "domain": "vision", "source": f"k15.synthetic.{task}"}
+        record = {
+            "prompt": problem.prompt,
+            "answer": problem.answer,
+            "difficulty": problem.difficulty,
+            "solution": f"A:{problem.answer}",
+            "task": task,
+            "domain": "vision",
+            "source": f"k15.synthetic.{task}",
+        }
         out.append({"__key__": f"{len(out):08d}", "json": record, "png": png.getvalue()})
     return out
 

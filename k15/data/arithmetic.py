@@ -55,7 +55,7 @@ def worked_solution(problem: Problem, sloppy: bool = False) -> str:
     width = max(len(a), len(b))
     a, b = a.zfill(width), b.zfill(width)
     steps, digits, carry = [], [], 0
-    for column, (da, db) in enumerate(zip(reversed(a), reversed(b))):
+    for column, (da, db) in enumerate(zip(reversed(a), reversed(b), strict=True)):
         total = int(da) + int(db) + carry
         steps.append(f"{da}+{db}+{carry}={total}")
         digits.append(str(total % 10))

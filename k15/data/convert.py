@@ -84,4 +84,9 @@ def convert(source: Path, pattern: str, image_root: Path | None = None, records_
             sink.write(sample)
             written += 1
             difficulty[sample["json"]["difficulty"]] += 1
-    return {"read": read, "written": written, "rejected": dict(rejected), "difficulty": dict(sorted(difficulty.items()))}
+    return {
+        "read": read,
+        "written": written,
+        "rejected": dict(rejected),
+        "difficulty": dict(sorted(difficulty.items())),
+    }

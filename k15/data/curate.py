@@ -74,8 +74,7 @@ class MinHash:
         """[num_perm] uint64 signature of ``text``'s shingle set."""
         x = np.array(
             [
-                int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest())
-                % MERSENNE_31
+                int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest()) % MERSENNE_31
                 for s in shingles(text, self.shingle_chars)
             ],
             dtype=np.uint64,
@@ -87,9 +86,7 @@ def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def lsh_bands(
-    num_perm: int, threshold: float, recall: float = 0.999
-) -> tuple[int, int]:
+def lsh_bands(num_perm: int, threshold: float, recall: float = 0.999) -> tuple[int, int]:
     """(b bands, r rows per band) for LSH over ``num_perm``-long signatures.
 
     Two signatures become a candidate pair when all r rows of any band agree, with
@@ -107,9 +104,7 @@ def lsh_bands(
 def average_hash(data: bytes) -> int:
     """64-bit average hash: the image as 8×8 grey (box filter); bit k = pixel_k > mean."""
     with Image.open(io.BytesIO(data)) as image:
-        grey = np.asarray(
-            image.convert("L").resize((8, 8), Image.Resampling.BOX), float
-        )
+        grey = np.asarray(image.convert("L").resize((8, 8), Image.Resampling.BOX), float)
     return int.from_bytes(np.packbits(grey.ravel() > grey.mean()).tobytes())
 
 
@@ -128,7 +123,7 @@ class LSHIndex:
 
     def similar(self, signature: np.ndarray) -> int | None:
         """The first kept record sharing a band whose estimated Jaccard ≥ threshold."""
-        keys = zip(self.buckets, self.band_keys(signature))
+        keys = zip(self.buckets, self.band_keys(signature), strict=True)
         candidates = sorted({j for bucket, key in keys for j in bucket.get(key, ())})
         close = (j for j in candidates if self.estimate(signature, j) >= self.threshold)
         return next(close, None)
@@ -138,7 +133,7 @@ class LSHIndex:
 
     def add(self, i: int, signature: np.ndarray) -> None:
         self.signatures[i] = signature
-        for bucket, key in zip(self.buckets, self.band_keys(signature)):
+        for bucket, key in zip(self.buckets, self.band_keys(signature), strict=True):
             bucket[key].append(i)
 
 
@@ -170,9 +165,7 @@ def find_duplicates(
     exact: dict[tuple, int] = {}
     perceptual: dict[tuple, int] = {}
     duplicates: dict[int, tuple[str, int]] = {}
-    for i, (prompt, answer, pictures) in enumerate(
-        zip(prompts, answers, images, strict=True)
-    ):
+    for i, (prompt, answer, pictures) in enumerate(zip(prompts, answers, images, strict=True)):
         text = normalise(prompt)
         key = (text, answer.strip(), image_digest(pictures))
         if key in exact:
@@ -196,9 +189,7 @@ def find_duplicates(
     return duplicates
 
 
-def unevaluable_kind(
-    prompt: str, answer: str, kinds: tuple[str, ...] = UNEVALUABLE_KINDS
-) -> str | None:
+def unevaluable_kind(prompt: str, answer: str, kinds: tuple[str, ...] = UNEVALUABLE_KINDS) -> str | None:
     """The first of ``kinds`` the question is, or None when its answer can be checked robustly.
 
     multiple_choice  the answer is one option letter A–E ("B", "(B)", "b."), or the prompt
@@ -217,18 +208,14 @@ def unevaluable_kind(
     return next((kind for kind in kinds if tests[kind]), None)
 
 
-def closed_set_prompts(
-    prompts: list[str], answers: list[str], max_choices: int
-) -> set[str]:
+def closed_set_prompts(prompts: list[str], answers: list[str], max_choices: int) -> set[str]:
     """Normalised prompt texts asked more than K = ``max_choices`` times whose answers take
     at most K values: an unlisted K-way choice, guessable with probability ≥ 1/K (e.g.
     "More circles or squares?": circle / square / same over many images). K = 0: none."""
     seen: dict[str, list[str]] = defaultdict(list)
     for prompt, answer in zip(prompts, answers, strict=True):
         seen[normalise(prompt)].append(answer.strip())
-    return {
-        text for text, said in seen.items() if len(said) > max_choices >= len(set(said))
-    }
+    return {text for text, said in seen.items() if len(said) > max_choices >= len(set(said))}
 
 
 def difficulty_from_pass_rate(correct: int, samples: int) -> int:

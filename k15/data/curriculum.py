@@ -77,7 +77,9 @@ class CurriculumDataModule(ShardDataModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.pool is None and stage == "fit":
-            limit = self.token_limit("max_rollout_prompt_tokens")  # the module exists, its model may not yet: not needed
+            limit = self.token_limit(
+                "max_rollout_prompt_tokens"
+            )  # the module exists, its model may not yet: not needed
             check = None if limit is None else lambda record: self.prompt_problem(record, limit)
             self.pool = load_pool(self.train_urls, check, f"train_shards {self.train_shards!r}")
             self.difficulties = torch.tensor(self.pool.difficulties)
@@ -91,8 +93,10 @@ class CurriculumDataModule(ShardDataModule):
         for i, stage in enumerate(self.stages):
             admitted = int(stage.admits(self.difficulties).sum())
             if admitted < wanted:
-                raise K15Error(f"data stages[{i}] ({stage}) admits {admitted} of the {len(self.pool)} usable prompts of "
-                               f"{self.train_shards!r}; an iteration needs {wanted} (prompts_per_iteration × processes)")
+                raise K15Error(
+                    f"data stages[{i}] ({stage}) admits {admitted} of the {len(self.pool)} usable prompts of "
+                    f"{self.train_shards!r}; an iteration needs {wanted} (prompts_per_iteration × processes)"
+                )
 
     def train_dataloader(self) -> DataLoader:
         return self.placeholders(self.iterations)
@@ -112,8 +116,15 @@ class CurriculumDataModule(ShardDataModule):
         self._log_sampler(iteration, self.stages.index(stage), candidates)
         self.log_skipped(self.pool.skipped)
         batch = self.collate_prompts(
-            [{"prompt": self.pool.prompts[i], "answer": self.pool.answers[i], "difficulty": self.pool.difficulties[i], "images": self.pool.images[i]}
-             for i in mine]
+            [
+                {
+                    "prompt": self.pool.prompts[i],
+                    "answer": self.pool.answers[i],
+                    "difficulty": self.pool.difficulties[i],
+                    "images": self.pool.images[i],
+                }
+                for i in mine
+            ]
         )
         batch.keys = [self.pool.keys[i] for i in mine]
         return batch
@@ -130,7 +141,9 @@ class CurriculumDataModule(ShardDataModule):
 
     def _check_ranks_agree(self) -> None:
         """Every rank must hold the same sampler state: the draws, and rank 0's checkpoint, rely on it."""
-        state = hashlib.sha256(self.success.numpy().tobytes() + self.generator.get_state().numpy().tobytes()).hexdigest()
+        state = hashlib.sha256(
+            self.success.numpy().tobytes() + self.generator.get_state().numpy().tobytes()
+        ).hexdigest()
         states = all_ranks((state, self.draws))
         if len(set(states)) > 1:
             raise RuntimeError(f"curriculum sampler states differ across ranks after draw {self.draws}: {states}")
@@ -139,8 +152,12 @@ class CurriculumDataModule(ShardDataModule):
         success = self.success[candidates]  # self.log is not allowed in batch-transfer hooks; the loggers are
         log_iteration(
             self.trainer,
-            {"data/stage": stage, "data/stage_prompts": len(candidates), "data/success_mean": success.mean(),
-             "data/solved_share": (success >= 1).float().mean()},
+            {
+                "data/stage": stage,
+                "data/stage_prompts": len(candidates),
+                "data/success_mean": success.mean(),
+                "data/solved_share": (success >= 1).float().mean(),
+            },
             step=iteration,
         )
 

@@ -33,13 +33,20 @@ def decode_images(images: list[bytes]) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
 
 
-def encode_prompt(prompt: str, images: list[bytes], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None) -> EncodedPrompt:
+def encode_prompt(
+    prompt: str, images: list[bytes], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None
+) -> EncodedPrompt:
     """Token ids (with <bos>) and, for image prompts, the processor's image tensors."""
     if not images:
         return EncodedPrompt(tokenizer(prompt)["input_ids"])
     if processor is None:
-        raise ValueError(f"a prompt has {len(images)} image(s) but the policy has no image processor (a text-only model?): {prompt!r}")
-    encoded = processor(text=processor.image_token * len(images) + prompt, images=decode_images(images), return_tensors="pt")
+        raise ValueError(
+            f"a prompt has {len(images)} image(s) but the policy has no image processor (a text-only model?): "
+            f"{prompt!r}"
+        )
+    encoded = processor(
+        text=processor.image_token * len(images) + prompt, images=decode_images(images), return_tensors="pt"
+    )
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     return EncodedPrompt(encoded["input_ids"][0].tolist(), list(images), model_inputs)
 

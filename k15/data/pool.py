@@ -34,7 +34,9 @@ class PromptPool:
         return len(self.keys)
 
 
-def load_pool(urls: list[str], check: Callable[[dict], str | None] | None = None, source: str | None = None) -> PromptPool:
+def load_pool(
+    urls: list[str], check: Callable[[dict], str | None] | None = None, source: str | None = None
+) -> PromptPool:
     """Every usable RL prompt record of ``urls``.
 
     ``check(record)`` may skip more records, returning the reason to count them under (the data

@@ -50,13 +50,17 @@ class PromptBatch:
         return len(self.prompts)
 
 
-def prompt_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None) -> PromptBatch:
+def prompt_batch(
+    records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None
+) -> PromptBatch:
     """Records (with their encoded ``images``, if any) → a batch in the policy's tokens."""
     for record in records:
         missing = [f for f in PROMPT_FIELDS if f not in record]
         if missing:
             raise ValueError(f"shard record is missing {missing}: {record}")
-    return encoded_prompt_batch([(r, encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor)) for r in records])
+    return encoded_prompt_batch(
+        [(r, encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor)) for r in records]
+    )
 
 
 def encoded_prompt_batch(pairs: list[tuple[dict, EncodedPrompt]]) -> PromptBatch:
@@ -160,7 +164,9 @@ class ShardDataModule(LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        require_at_least_one("data", heldout_prompts=heldout_prompts, heldout_prompts_per_batch=heldout_prompts_per_batch)
+        require_at_least_one(
+            "data", heldout_prompts=heldout_prompts, heldout_prompts_per_batch=heldout_prompts_per_batch
+        )
         self.train_shards, self.heldout_shards = train_shards, heldout_shards
         self.train_urls = shard_urls(train_shards)
         self.heldout_urls = shard_urls(heldout_shards)
@@ -175,7 +181,9 @@ class ShardDataModule(LightningDataModule):
 
     @cached_property
     def stream(self) -> RecordStream:
-        return RecordStream(self.train_urls, self.train_fields, self.shuffle_buffer, self.seed, f"train_shards {self.train_shards!r}")
+        return RecordStream(
+            self.train_urls, self.train_fields, self.shuffle_buffer, self.seed, f"train_shards {self.train_shards!r}"
+        )
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:
@@ -199,8 +207,10 @@ class ShardDataModule(LightningDataModule):
         items = self.stream.take(n, prepare)
         if not self.announced:
             self.announced = True
-            rank_zero_info(f"k15: streaming {self.what} from {len(self.train_urls)} shard(s) of {self.train_shards!r}; "
-                           f"skipped so far: {skip_summary(self.stream.skipped)}")
+            rank_zero_info(
+                f"k15: streaming {self.what} from {len(self.train_urls)} shard(s) of {self.train_shards!r}; "
+                f"skipped so far: {skip_summary(self.stream.skipped)}"
+            )
         self.log_skipped(self.stream.skipped)
         return items
 
@@ -233,8 +243,10 @@ class ShardDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         streams, world = state_dict["streams"], self.trainer.world_size
         if len(streams) != world:
-            raise K15Error(f"the checkpoint's data streams are those of {len(streams)} process(es), this run has {world}: "
-                           "resume with as many processes as the run had (each reads its own shards)")
+            raise K15Error(
+                f"the checkpoint's data streams are those of {len(streams)} process(es), this run has {world}: "
+                "resume with as many processes as the run had (each reads its own shards)"
+            )
         self.stream.restore(**streams[self.trainer.global_rank])
 
     # -- held-out
@@ -244,7 +256,9 @@ class ShardDataModule(LightningDataModule):
         if self.heldout is None:
             limit = self.token_limit("max_heldout_prompt_tokens")
             skipped, usable = Counter(), []
-            for record in read_records(self.heldout_urls, skipped, self.heldout_fields, split_by_rank=False, check_images=False):
+            for record in read_records(
+                self.heldout_urls, skipped, self.heldout_fields, split_by_rank=False, check_images=False
+            ):
                 problem = self.prompt_problem(record, limit)
                 if problem:
                     skipped[problem] += 1
@@ -253,7 +267,10 @@ class ShardDataModule(LightningDataModule):
                 if len(usable) == self.heldout_prompts:
                     break
             if not usable:
-                raise K15Error(f"no usable held-out record in heldout_shards {self.heldout_shards!r}; skipped: {skip_summary(skipped)}")
+                raise K15Error(
+                    f"no usable held-out record in heldout_shards {self.heldout_shards!r}; skipped: "
+                    f"{skip_summary(skipped)}"
+                )
             rank_zero_info(f"k15: {len(usable)} held-out {self.what} loaded; skipped: {skip_summary(skipped)}")
             self.log_skipped(skipped, "heldout/skipped/")
             self.heldout = usable
@@ -265,8 +282,13 @@ class ShardDataModule(LightningDataModule):
         records, rank, world = self.heldout_records(), self.trainer.global_rank, self.trainer.world_size
         per_rank = len(records) // world
         if per_rank == 0:
-            raise K15Error(f"heldout_shards {self.heldout_shards!r}: {len(records)} usable record(s) for {world} processes")
-        return DataLoader(Batches(records[rank : per_rank * world : world], self.collate_prompts, self.heldout_prompts_per_batch), batch_size=None)
+            raise K15Error(
+                f"heldout_shards {self.heldout_shards!r}: {len(records)} usable record(s) for {world} processes"
+            )
+        return DataLoader(
+            Batches(records[rank : per_rank * world : world], self.collate_prompts, self.heldout_prompts_per_batch),
+            batch_size=None,
+        )
 
     def collate_prompts(self, records: list[dict]) -> PromptBatch:
         return prompt_batch(records, self.tokenizer, self.processor)

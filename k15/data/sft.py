@@ -55,8 +55,13 @@ def padded(rows: list[SFTRow], pad_token_id: int) -> SFTBatch:
     return SFTBatch(input_ids, attention_mask, labels, concat_model_inputs([row.model_inputs for row in rows]))
 
 
-def sft_batch(records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None) -> SFTBatch:
-    rows = [sft_row(encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor), r["solution"], tokenizer) for r in records]
+def sft_batch(
+    records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None
+) -> SFTBatch:
+    rows = [
+        sft_row(encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor), r["solution"], tokenizer)
+        for r in records
+    ]
     return padded(rows, tokenizer.pad_token_id)
 
 

@@ -140,7 +140,9 @@ def tar_members(stream: RecordedReads, url: str) -> Iterator[dict]:
             yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
         tar.members = []  # a stream has no use for the members already read
     if stream.block_at(tar.offset) != bytes(tarfile.BLOCKSIZE):
-        raise tarfile.ReadError(f"{url}: no end-of-archive block at offset {tar.offset} (a damaged header, or the file is cut short)")
+        raise tarfile.ReadError(
+            f"{url}: no end-of-archive block at offset {tar.offset} (a damaged header, or the file is cut short)"
+        )
     while stream.read(1 << 16):
         pass
 
@@ -152,7 +154,7 @@ def shard_samples(url: str, skipped: Counter) -> Iterator[dict]:
         skipped["not_a_file"] += 1
         return
     try:
-        with (open(url, "rb") if local else gopen(url)) as raw:
+        with open(url, "rb") if local else gopen(url) as raw:
             stream = gzip.GzipFile(fileobj=raw) if url.endswith((".gz", ".tgz")) else raw
             yield from group_by_keys(tar_members(RecordedReads(stream), url))
     except SHARD_ERRORS:
@@ -176,7 +178,9 @@ def sample_record(sample: dict, fields: dict[str, tuple[type, ...]], check_image
     return record | {"images": images, "__key__": f"{Path(sample['__url__']).name}:{sample['__key__']}"}
 
 
-def shard_records(url: str, skipped: Counter, fields: dict[str, tuple[type, ...]], check_images: bool) -> Iterator[dict]:
+def shard_records(
+    url: str, skipped: Counter, fields: dict[str, tuple[type, ...]], check_images: bool
+) -> Iterator[dict]:
     for sample in shard_samples(url, skipped):
         record = sample_record(sample, fields, check_images)
         if isinstance(record, str):
@@ -227,7 +231,9 @@ class RecordStream:
     bad one as ``bad_image``, so a fast-forward never decodes an image.
     """
 
-    def __init__(self, urls: list[str], fields: dict[str, tuple[type, ...]], shuffle_buffer: int, seed: int, source: str):
+    def __init__(
+        self, urls: list[str], fields: dict[str, tuple[type, ...]], shuffle_buffer: int, seed: int, source: str
+    ):
         self.urls, self.fields, self.shuffle_buffer, self.seed, self.source = urls, fields, shuffle_buffer, seed, source
         self.skipped: Counter = Counter()
         self.position = 0
@@ -237,13 +243,18 @@ class RecordStream:
     def passes(self) -> Iterator[dict]:
         for epoch in itertools.count():
             count = 0
-            for count, record in enumerate(read_records(self.urls, self.skipped, self.fields, self.shuffle_buffer, self.seed + epoch,
-                                                        check_images=False), start=1):
+            for record in read_records(
+                self.urls, self.skipped, self.fields, self.shuffle_buffer, self.seed + epoch, check_images=False
+            ):
+                count += 1
                 yield record
             if count == 0 or self.rejected_in_a_row >= count:  # a whole pass gave nothing usable: it would spin forever
                 rank, world, _, _ = pytorch_worker_info()
                 share = f", rank {rank} of {world} reading its own share of them" if world > 1 else ""
-                raise K15Error(f"no usable record in {self.source} ({len(self.urls)} shard(s){share}); skipped: {skip_summary(self.skipped)}")
+                raise K15Error(
+                    f"no usable record in {self.source} ({len(self.urls)} shard(s){share}); skipped: "
+                    f"{skip_summary(self.skipped)}"
+                )
 
     def __iter__(self) -> Iterator[dict]:
         return self

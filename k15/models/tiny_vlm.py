@@ -12,7 +12,14 @@ Its processor (``LlavaProcessor`` with the PIL CLIP image processor) needs no to
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    CLIPVisionConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 from transformers.models.clip import CLIPImageProcessorPil
 
 IMAGE_TOKEN = "<image>"
@@ -21,7 +28,9 @@ IMAGE_TOKEN = "<image>"
 def tiny_llava_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
     """Images resized (not cropped: text drawn across a wide image must survive) to S × S."""
     image_processor = CLIPImageProcessorPil(
-        size={"height": image_size, "width": image_size}, do_center_crop=False, crop_size={"height": image_size, "width": image_size}
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        crop_size={"height": image_size, "width": image_size},
     )
     # num_additional_image_tokens=1 and the "default" strategy: CLIP's CLS token is dropped
     return LlavaProcessor(
@@ -84,5 +93,9 @@ def tiny_llava(
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
     generation = model.generation_config
-    generation.pad_token_id, generation.bos_token_id, generation.eos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    generation.pad_token_id, generation.bos_token_id, generation.eos_token_id = (
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
     return model

@@ -224,8 +224,8 @@ def supervise(process: tuple, uid: int, arena: mmap.mmap, stdin: tuple[int, int]
     what it left, and drain the pipes. Returns the test's entry of the reply."""
     pid, stdin_fd, *outputs = process
     deadline = time.monotonic() + wall
-    filled = {fd: start for fd, (start, _) in zip(outputs, slots)}
-    ends = {fd: stop for fd, (_, stop) in zip(outputs, slots)}
+    filled = {fd: start for fd, (start, _) in zip(outputs, slots, strict=True)}
+    ends = {fd: stop for fd, (_, stop) in zip(outputs, slots, strict=True)}
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     for fd in (pidfd, *outputs):
@@ -272,7 +272,14 @@ def supervise(process: tuple, uid: int, arena: mmap.mmap, stdin: tuple[int, int]
     signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     cpu = usage.ru_utime + usage.ru_stime
-    return code, signal, cpu, wall_exceeded, output_exceeded, *(filled[fd] - start for fd, (start, _) in zip(outputs, slots))
+    return (
+        code,
+        signal,
+        cpu,
+        wall_exceeded,
+        output_exceeded,
+        *(filled[fd] - start for fd, (start, _) in zip(outputs, slots, strict=True)),
+    )
 
 
 def copy_out(path: str) -> mmap.mmap | None:
@@ -340,7 +347,7 @@ def serve(workdirs: Workdirs) -> None:
         header = marshal.dumps({"compiled": job["language"] == "python" or binary is not None, "runs": runs})
         write_all(1, len(header).to_bytes(4, "little") + header)
         for index, run in enumerate(runs):
-            for (begin, _), length in zip(slots(job, index), run[-2:]):
+            for (begin, _), length in zip(slots(job, index), run[-2:], strict=True):
                 write_all(1, memoryview(arena)[begin : begin + length])
         for each in arenas:
             each.close()

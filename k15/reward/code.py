@@ -39,7 +39,14 @@ class CodeTests(Verifier):
         cpu_seconds, memory_mb, wall_seconds, workers: see ``Sandbox``.
     """
 
-    def __init__(self, language: str = "python", cpu_seconds: int = 2, memory_mb: int = 256, wall_seconds: float = 4.0, workers: int | None = None):
+    def __init__(
+        self,
+        language: str = "python",
+        cpu_seconds: int = 2,
+        memory_mb: int = 256,
+        wall_seconds: float = 4.0,
+        workers: int | None = None,
+    ):
         self.language = language
         self.sandbox = Sandbox(cpu_seconds=cpu_seconds, memory_mb=memory_mb, wall_seconds=wall_seconds, workers=workers)
         self.verdicts: Counter[str] = Counter()  # every test run's verdict, for the caller to log

@@ -106,7 +106,13 @@ class GenerativeRM(ModelJudge):
         max_batch_size: most judgements generated at once.
     """
 
-    def __init__(self, model: ModelSource, prompt_template: str = JUDGE_TEMPLATE, max_new_tokens: int = 64, max_batch_size: int = 256):
+    def __init__(
+        self,
+        model: ModelSource,
+        prompt_template: str = JUDGE_TEMPLATE,
+        max_new_tokens: int = 64,
+        max_batch_size: int = 256,
+    ):
         super().__init__(model.model(), model.tokenizer(), prompt_template)
         self.max_new_tokens = max_new_tokens
         self.max_batch_size = max_batch_size
@@ -117,7 +123,12 @@ class GenerativeRM(ModelJudge):
         if not completions:
             return []
         prompt_ids = self.tokenizer(self.prompts(questions, completions, answers))["input_ids"]
-        generated = hf_sample(self.model, [Request(ids, 1, self.max_new_tokens) for ids in prompt_ids], Sampling(temperature=0.0), self.max_batch_size)
+        generated = hf_sample(
+            self.model,
+            [Request(ids, 1, self.max_new_tokens) for ids in prompt_ids],
+            Sampling(temperature=0.0),
+            self.max_batch_size,
+        )
         return self.tokenizer.batch_decode([g[0].token_ids for g in generated], skip_special_tokens=True)
 
     def judge_many(self, questions: list[str], completions: list[str], answers: list[str]) -> list[Verdict]:

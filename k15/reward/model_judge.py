@@ -31,7 +31,10 @@ def check_template(tokenizer: PreTrainedTokenizerBase, template: str, owner: str
     """A clear error now for a judging template the tokenizer cannot spell, rather than <unk>s later."""
     unknown = unknown_characters(tokenizer, judging_prompt("", "", "", template))
     if unknown:
-        raise ValueError(f"{owner}.prompt_template: the model's tokenizer cannot encode {unknown!r} (a character alphabet without them?)")
+        raise ValueError(
+            f"{owner}.prompt_template: the model's tokenizer cannot encode {unknown!r} (a character alphabet without "
+            "them?)"
+        )
 
 
 class ModelJudge(Verifier, nn.Module):
@@ -43,7 +46,9 @@ class ModelJudge(Verifier, nn.Module):
         prompt_template: the judging prompt, with fields {question}, {reference}, {response}.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_template: str = JUDGE_TEMPLATE):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_template: str = JUDGE_TEMPLATE
+    ):
         nn.Module.__init__(self)
         check_template(tokenizer, prompt_template, type(self).__name__)
         self.model = model.eval().requires_grad_(False)
@@ -55,7 +60,10 @@ class ModelJudge(Verifier, nn.Module):
         return super().train(False)
 
     def prompts(self, questions: list[str], completions: list[str], answers: list[str]) -> list[str]:
-        return [judging_prompt(q, a, c, self.prompt_template) for q, c, a in zip(questions, completions, answers, strict=True)]
+        return [
+            judging_prompt(q, a, c, self.prompt_template)
+            for q, c, a in zip(questions, completions, answers, strict=True)
+        ]
 
     def judge(self, question: str, completion: str, answer: str) -> Verdict:
         return self.judge_many([question], [completion], [answer])[0]

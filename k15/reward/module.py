@@ -50,7 +50,9 @@ class Rewards:
 
     def explain(self, n: int) -> str:
         """Response n's reward as its parts, e.g. ``1.10 = correct 1.00 (match) + length 0.10 (bonus)``."""
-        parts = " + ".join(f"{name} {float(part.flatten()[n]):.2f} ({self.reasons[name][n]})" for name, part in self.parts.items())
+        parts = " + ".join(
+            f"{name} {float(part.flatten()[n]):.2f} ({self.reasons[name][n]})" for name, part in self.parts.items()
+        )
         return f"{float(self.total.flatten()[n]):.2f} = {parts}"
 
 

@@ -111,7 +111,9 @@ def verdict(outcome: Outcome, expected: str, cpu_seconds: float) -> str:
     """The verdict of one run; see the module docstring for the order."""
     if outcome.output_exceeded:
         return "output_limit"
-    cpu_killed = outcome.signal == signal.SIGXCPU or (outcome.signal == signal.SIGKILL and outcome.cpu_seconds >= cpu_seconds)
+    cpu_killed = outcome.signal == signal.SIGXCPU or (
+        outcome.signal == signal.SIGKILL and outcome.cpu_seconds >= cpu_seconds
+    )
     if outcome.wall_exceeded or cpu_killed:
         return "timeout"
     if outcome.exit != 0 and any(marker in outcome.stderr for marker in MEMORY_MARKERS):
@@ -251,10 +253,23 @@ def namespace_probe() -> str | None:
     """Why a namespaced cell cannot run a trivial program here, or None when it can."""
     uid = UIDS.get()
     limits = {"cpu": 2, "memory": 1 << 28, "file": 1 << 20, "processes": 4, "open_files": 16}
-    job = {"uid": uid, "language": "python", "program": 9, "stdins": [0], "limits": limits, "wall": 10.0, "output_bytes": 64, "scratch": 1 << 20}
+    job = {
+        "uid": uid,
+        "language": "python",
+        "program": 9,
+        "stdins": [0],
+        "limits": limits,
+        "wall": 10.0,
+        "output_bytes": 64,
+        "scratch": 1 << 20,
+    }
     try:
         reply, outputs = run_on_cell("namespaces", job, [b"print(42)"], 20.0)
-        return None if reply["runs"][0][0] == 0 and outputs.startswith(b"42") else f"the probe answered {reply['runs']} / {outputs[:200]!r}"
+        return (
+            None
+            if reply["runs"][0][0] == 0 and outputs.startswith(b"42")
+            else f"the probe answered {reply['runs']} / {outputs[:200]!r}"
+        )
     except (OSError, RuntimeError) as error:
         return f"{type(error).__name__}: {error}"
     finally:
@@ -266,7 +281,11 @@ def isolation_mode() -> str:
     """The isolation this machine allows, probed once: "namespaces", else "rlimits-only" (with a warning saying why)."""
     failure = namespace_probe()
     if failure is not None:
-        warnings.warn(f"code sandbox: no namespaces here ({failure}); falling back to rlimits-only, which contains trusted code only", stacklevel=2)
+        warnings.warn(
+            f"code sandbox: no namespaces here ({failure}); falling back to rlimits-only, which contains trusted "
+            "code only",
+            stacklevel=2,
+        )
     return "namespaces" if failure is None else "rlimits-only"
 
 
@@ -308,21 +327,40 @@ class Sandbox:
         compile_memory_mb: int = 2048,
         workers: int | None = None,
     ):
-        self.cpu_seconds, self.memory_mb, self.wall_seconds, self.output_bytes = cpu_seconds, memory_mb, wall_seconds, output_bytes
-        self.max_processes, self.max_open_files, self.file_bytes, self.scratch_bytes = max_processes, max_open_files, file_bytes, scratch_bytes
+        self.cpu_seconds, self.memory_mb, self.wall_seconds, self.output_bytes = (
+            cpu_seconds,
+            memory_mb,
+            wall_seconds,
+            output_bytes,
+        )
+        self.max_processes, self.max_open_files, self.file_bytes, self.scratch_bytes = (
+            max_processes,
+            max_open_files,
+            file_bytes,
+            scratch_bytes,
+        )
         self.compile_seconds, self.compile_memory_mb = compile_seconds, compile_memory_mb
         self.workers = workers or os.cpu_count() or 1
         self.isolation = isolation_mode()
 
     def limits(self, cpu_seconds: int, memory_mb: int) -> dict:
-        return {"cpu": cpu_seconds, "memory": memory_mb << 20, "file": self.file_bytes, "processes": self.max_processes, "open_files": self.max_open_files}
+        return {
+            "cpu": cpu_seconds,
+            "memory": memory_mb << 20,
+            "file": self.file_bytes,
+            "processes": self.max_processes,
+            "open_files": self.max_open_files,
+        }
 
     def run(self, program: str, tests: list[TestCase], language: str = "python") -> Result:
         """Verdicts of ``program`` on each test; never raises for a bad program."""
         if language not in ("python", "cpp"):
             raise ValueError(f"unknown language {language!r}")
         source, stdins = program.encode(), [t.stdin.encode() for t in tests]
-        compile_ = {"argv": ["/usr/bin/g++", "-O2", "-std=c++17", "-pipe", "-o", "main", "main.cpp"], "wall": 2 * self.compile_seconds}
+        compile_ = {
+            "argv": ["/usr/bin/g++", "-O2", "-std=c++17", "-pipe", "-o", "main", "main.cpp"],
+            "wall": 2 * self.compile_seconds,
+        }
         compile_["limits"] = self.limits(self.compile_seconds, self.compile_memory_mb)
         uid = UIDS.get()
         job = {
@@ -330,7 +368,9 @@ class Sandbox:
             "limits": self.limits(self.cpu_seconds, self.memory_mb), "wall": self.wall_seconds,
             "output_bytes": self.output_bytes, "scratch": self.scratch_bytes, "compile": compile_,
         }  # fmt: skip
-        patience = 10 + compile_["wall"] + len(tests) * (self.wall_seconds + 2)  # the cell keeps time; this is for a broken one
+        patience = (
+            10 + compile_["wall"] + len(tests) * (self.wall_seconds + 2)
+        )  # the cell keeps time; this is for a broken one
         try:
             reply, outputs = run_on_cell(self.isolation, job, [source, *stdins], patience)
         finally:

@@ -57,7 +57,10 @@ def right_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_token
     rows = tokenizer(texts)["input_ids"]
     longest = max(len(ids) for ids in rows)
     if longest > max_tokens:
-        raise ValueError(f"a judging prompt has {longest} tokens, more than the reward model's max_position_embeddings ({max_tokens})")
+        raise ValueError(
+            f"a judging prompt has {longest} tokens, more than the reward model's max_position_embeddings "
+            f"({max_tokens})"
+        )
     input_ids = torch.full((len(rows), longest), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, ids in enumerate(rows):
@@ -119,10 +122,16 @@ class ScalarRMModule(LightningModule):
         optimizer = self.optimizer_factory(self.model.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "step"},
+        }
 
     def logits(self, batch: JudgingBatch) -> Tensor:
-        texts = [judging_prompt(*row, self.prompt_template) for row in zip(batch.questions, batch.references, batch.responses, strict=True)]
+        texts = [
+            judging_prompt(*row, self.prompt_template)
+            for row in zip(batch.questions, batch.references, batch.responses, strict=True)
+        ]
         return reward_logits(self.model, self.tokenizer, texts)
 
     def training_step(self, batch: JudgingBatch, batch_idx: int) -> Tensor:
@@ -139,8 +148,12 @@ class ScalarRMModule(LightningModule):
         self.heldout_auc.update(logits.sigmoid(), labels)
         self.heldout_loss.update(F.binary_cross_entropy_with_logits(logits, batch.correct, reduction="none"))
         self.heldout_positive_rate.update(batch.correct)
-        metrics = {"heldout/accuracy": self.heldout_accuracy, "heldout/auc": self.heldout_auc,
-                   "heldout/loss": self.heldout_loss, "heldout/positive_rate": self.heldout_positive_rate}
+        metrics = {
+            "heldout/accuracy": self.heldout_accuracy,
+            "heldout/auc": self.heldout_auc,
+            "heldout/loss": self.heldout_loss,
+            "heldout/positive_rate": self.heldout_positive_rate,
+        }
         self.log_dict(metrics, batch_size=len(batch), prog_bar=False)
 
 
@@ -157,10 +170,15 @@ class ScalarRM(ModelJudge):
         max_batch_size: most responses scored in one forward.
     """
 
-    def __init__(self, path: str, prompt_template: str = JUDGE_TEMPLATE, threshold: float = 0.5, max_batch_size: int = 256):
+    def __init__(
+        self, path: str, prompt_template: str = JUDGE_TEMPLATE, threshold: float = 0.5, max_batch_size: int = 256
+    ):
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32")
         if model.config.num_labels != 1:
-            raise ValueError(f"ScalarRM.path: {path!r} holds a classifier with {model.config.num_labels} labels, not a one-logit reward model")
+            raise ValueError(
+                f"ScalarRM.path: {path!r} holds a classifier with {model.config.num_labels} labels, not a one-logit "
+                "reward model"
+            )
         super().__init__(model, AutoTokenizer.from_pretrained(path), prompt_template)
         self.threshold = threshold
         self.max_batch_size = max_batch_size
@@ -175,4 +193,7 @@ class ScalarRM(ModelJudge):
         return torch.cat([reward_logits(self.model, self.tokenizer, chunk).sigmoid().cpu() for chunk in chunks])
 
     def judge_many(self, questions: list[str], completions: list[str], answers: list[str]) -> list[Verdict]:
-        return [Verdict(True, "accept") if p >= self.threshold else Verdict(False, "reject") for p in self.scores(questions, completions, answers).tolist()]
+        return [
+            Verdict(True, "accept") if p >= self.threshold else Verdict(False, "reject")
+            for p in self.scores(questions, completions, answers).tolist()
+        ]

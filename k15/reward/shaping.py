@@ -24,7 +24,9 @@ def length_reward(lengths: Tensor, correct: Tensor) -> Tensor:
     shortest = lengths.min(dim=1, keepdim=True).values
     longest = lengths.max(dim=1, keepdim=True).values
     span = longest - shortest
-    lam = torch.where(span > 0, 0.5 - (lengths - shortest) / torch.where(span > 0, span, 1.0), torch.zeros_like(lengths))
+    lam = torch.where(
+        span > 0, 0.5 - (lengths - shortest) / torch.where(span > 0, span, 1.0), torch.zeros_like(lengths)
+    )
     return torch.where(correct.bool(), lam, lam.clamp(max=0)).to(torch.float32)
 
 

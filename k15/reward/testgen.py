@@ -85,7 +85,10 @@ def keep_inputs(inputs: list[str], outputs: list[list[str | None]], min_agree: f
 def pass_counts(inputs: list[str], outputs: list[list[str | None]], tests: list[TestCase]) -> list[int]:
     """For each solution, how many of ``tests`` its ``outputs`` (on ``inputs``) get right."""
     expected = {t.stdin: t.expected for t in tests}
-    return [sum(x in expected and o is not None and same_output(o, expected[x]) for x, o in zip(inputs, row, strict=True)) for row in outputs]
+    return [
+        sum(x in expected and o is not None and same_output(o, expected[x]) for x, o in zip(inputs, row, strict=True))
+        for row in outputs
+    ]
 
 
 def problem_kept(passed: list[int], n_tests: int, min_pass: float) -> bool:
@@ -137,9 +140,23 @@ def load_problem(folder: Path) -> Problem:
         front, statement = text[4:].split("\n---\n", 1)
         meta = yaml.safe_load(front) or {}
     solutions = {path.name: path.read_text() for path in sorted((folder / "solutions").glob("*.py"))}
-    if not solutions or meta.get("difficulty") not in range(1, 6) or meta.get("split", "train") not in ("train", "heldout"):
-        raise ValueError(f"{folder}: needs solutions/*.py and front matter 'difficulty: 1..5' (and 'split: heldout' or none) in statement.md")
-    return Problem(folder.name, statement.strip(), (folder / "generator.py").read_text(), solutions, meta["difficulty"], meta.get("split", "train"))
+    if (
+        not solutions
+        or meta.get("difficulty") not in range(1, 6)
+        or meta.get("split", "train") not in ("train", "heldout")
+    ):
+        raise ValueError(
+            f"{folder}: needs solutions/*.py and front matter 'difficulty: 1..5' (and 'split: heldout' or none) in "
+            "statement.md"
+        )
+    return Problem(
+        folder.name,
+        statement.strip(),
+        (folder / "generator.py").read_text(),
+        solutions,
+        meta["difficulty"],
+        meta.get("split", "train"),
+    )
 
 
 def load_problems(root: Path) -> list[Problem]:

@@ -30,7 +30,9 @@ class Rollout:
     keys: list[str | None]  # [P] the data module's prompt ids (None where it has none)
     samples_per_prompt: int
     engine_logprobs: Tensor | None = None  # [N, T] the engine's log π of each completion token, if reported
-    model_inputs: list[dict[str, Tensor]] = field(default_factory=list)  # [N] each row's extra forward() inputs (pixel_values)
+    model_inputs: list[dict[str, Tensor]] = field(
+        default_factory=list
+    )  # [N] each row's extra forward() inputs (pixel_values)
 
     def to(self, device) -> None:
         """Move the tensors the update reads to ``device`` (rewards stay where scoring made them)."""

@@ -68,8 +68,13 @@ class RolloutCallback(Callback):
         repeat_detector: RepeatDetector | None = None,
         text_samples_every_n_iterations: int = 10,
     ):
-        require_at_least_one("rollout", samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
-                             segment_tokens=segment_tokens, text_samples_every_n_iterations=text_samples_every_n_iterations)
+        require_at_least_one(
+            "rollout",
+            samples_per_prompt=samples_per_prompt,
+            max_new_tokens=max_new_tokens,
+            segment_tokens=segment_tokens,
+            text_samples_every_n_iterations=text_samples_every_n_iterations,
+        )
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"rollout.temperature must be a finite number ≥ 0 (0: greedy), got {temperature}")
         if not 0 < top_p <= 1:
@@ -89,23 +94,32 @@ class RolloutCallback(Callback):
         self.banned_token_ids: tuple[int, ...] = ()  # the policy's unsampled_token_ids, set in setup
         self.segment_outcomes: Counter[str] = Counter()  # this iteration: stop / repeat / max_length / budget
         self.new_tokens = 0  # tokens generated this iteration
-        self.reasons_seen: dict[str, set[str]] = {}  # reward term → every reason it gave so far (logged as 0 when absent)
+        self.reasons_seen: dict[
+            str, set[str]
+        ] = {}  # reward term → every reason it gave so far (logged as 0 when absent)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.banned_token_ids = pl_module.unsampled_token_ids
         if self.segment_tokens is not None and trainer.world_size > 1:
             # each rank would finish a different number of groups, and so take a different
             # number of sharded forward/backward passes: the collectives would deadlock
-            raise ValueError("rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null in the YAML")
+            raise ValueError(
+                "rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null in the YAML"
+            )
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict(), "reasons_seen": {term: sorted(r) for term, r in self.reasons_seen.items()}}
+        return {
+            "buffer": self.buffer.state_dict(),
+            "reasons_seen": {term: sorted(r) for term, r in self.reasons_seen.items()},
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.buffer.load_state_dict(state_dict["buffer"])
         self.reasons_seen = {term: set(r) for term, r in state_dict.get("reasons_seen", {}).items()}
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: PromptBatch, batch_idx: int
+    ) -> None:
         iteration = pl_module.iteration
         start = time.perf_counter()
         self.engine.wake_up()
@@ -126,7 +140,9 @@ class RolloutCallback(Callback):
         """The seed of sample 0 of ``iteration`` on ``rank``: ``seed + (i·R + r)·2²⁰``."""
         return self.seed + (iteration * world_size + rank) * SAMPLES_PER_ITERATION_SEED_STRIDE
 
-    def rollout(self, batch: PromptBatch, tokenizer, reward, iteration: int, first_seed: int | None = None) -> Rollout | None:
+    def rollout(
+        self, batch: PromptBatch, tokenizer, reward, iteration: int, first_seed: int | None = None
+    ) -> Rollout | None:
         """Continue the buffered trajectories and start k per new prompt on the (already synced)
         engine, sample j seeded ``first_seed + j`` (default: a single process's); score and pack
         the groups that finished. None when no group finished."""
@@ -160,7 +176,11 @@ class RolloutCallback(Callback):
                     requests.append(Request(group.prompt_ids + t.token_ids, 1, limit, group.images, group.model_inputs))
                     targets.append([t])
         sampling = Sampling(
-            temperature=self.temperature, top_p=self.top_p, seed=first_seed, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=first_seed,
+            stop_token_ids=self.stop_token_ids,
+            banned_token_ids=self.banned_token_ids,
         )
         completions = self.engine.sample(requests, sampling)
         self.segment_outcomes, self.new_tokens = Counter(), 0
@@ -217,7 +237,15 @@ class RolloutCallback(Callback):
             model_inputs=[g.model_inputs for g in groups for _ in range(k)],
         )
 
-    def _log(self, trainer: Trainer, pl_module: LightningModule, rollout: Rollout | None, sync_s: float, rollout_s: float, iteration: int) -> None:
+    def _log(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        rollout: Rollout | None,
+        sync_s: float,
+        rollout_s: float,
+        iteration: int,
+    ) -> None:
         metrics = {
             "rollout/sync_seconds": sync_s,
             "rollout/seconds": rollout_s,  # generation, scoring and packing
@@ -241,9 +269,18 @@ class RolloutCallback(Callback):
             } | rollout.rewards.breakdown(self.reasons_seen)
             for term, reasons in rollout.rewards.reasons.items():
                 self.reasons_seen.setdefault(term, set()).update(reasons)
-            pl_module.log_dict({"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]}, prog_bar=True, logger=False, batch_size=1)
+            pl_module.log_dict(
+                {"reward": metrics["rollout/reward"], "acc": metrics["rollout/accuracy"]},
+                prog_bar=True,
+                logger=False,
+                batch_size=1,
+            )
         log_iteration(trainer, metrics, iteration)
-        if rollout is not None and isinstance(trainer.logger, TensorBoardLogger) and iteration % self.text_samples_every_n_iterations == 0:
+        if (
+            rollout is not None
+            and isinstance(trainer.logger, TensorBoardLogger)
+            and iteration % self.text_samples_every_n_iterations == 0
+        ):
             k = rollout.samples_per_prompt
             lines = [
                 f"`{rollout.prompts[n // k]}` → `{rollout.texts[n]}` (reward {rollout.rewards.explain(n)})"

@@ -82,7 +82,9 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         """``sampling.samples_per_prompt`` completions of at most ``sampling.max_new_tokens`` per prompt: [P][k]."""
-        return self.sample([Request(p, sampling.samples_per_prompt, sampling.max_new_tokens) for p in prompts], sampling)
+        return self.sample(
+            [Request(p, sampling.samples_per_prompt, sampling.max_new_tokens) for p in prompts], sampling
+        )
 
     def sleep(self) -> None:
         """Free the engine's accelerator memory while the trainer updates the policy."""

@@ -84,7 +84,9 @@ def row_uniforms(seeds: range, limits: list[int]) -> Tensor:
 
 
 @torch.no_grad()
-def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max_batch_size: int = 512) -> list[list[Completion]]:
+def hf_sample(
+    model: nn.Module, requests: list[Request], sampling: Sampling, max_batch_size: int = 512
+) -> list[list[Completion]]:
     """Sample with ``model.generate``, ≤ ``max_batch_size`` sequences at a time. → [R][samples].
 
     Each request is expanded to ``samples`` rows; a chunk generates up to its longest row limit
@@ -97,7 +99,11 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     eos = eos + [t for t in sampling.stop_token_ids if t not in eos]
     greedy = sampling.temperature == 0
-    rows = [(request.token_ids, request.max_new_tokens, request.model_inputs) for request in requests for _ in range(request.samples)]
+    rows = [
+        (request.token_ids, request.max_new_tokens, request.model_inputs)
+        for request in requests
+        for _ in range(request.samples)
+    ]
     was_training = model.training
     model.eval()
     completions: list[Completion] = []
@@ -110,7 +116,15 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
             input_ids, attention_mask = left_pad([ids for ids, _, _ in chunk], config.pad_token_id)
             limits = [limit for _, limit, _ in chunk]
             seeds = range(first_seed + start, first_seed + start + len(chunk))
-            sampler = [] if greedy else [SeededSampling(row_uniforms(seeds, limits).to(device), input_ids.shape[1], sampling.temperature, sampling.top_p)]
+            sampler = (
+                []
+                if greedy
+                else [
+                    SeededSampling(
+                        row_uniforms(seeds, limits).to(device), input_ids.shape[1], sampling.temperature, sampling.top_p
+                    )
+                ]
+            )
             # A complete config, so nothing from the checkpoint's generation_config.json (a
             # repetition penalty, top_k, …) changes the distribution: rollouts must be samples of π_θ.
             generation_config = GenerationConfig(
@@ -125,7 +139,9 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
                 pad_token_id=config.pad_token_id,
                 bos_token_id=config.bos_token_id,
             )
-            extra = {key: value.to(device) for key, value in concat_model_inputs([inputs for _, _, inputs in chunk]).items()}
+            extra = {
+                key: value.to(device) for key, value in concat_model_inputs([inputs for _, _, inputs in chunk]).items()
+            }
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -137,7 +153,9 @@ def hf_sample(model: nn.Module, requests: list[Request], sampling: Sampling, max
                 synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
             )
             new = out[:, input_ids.shape[1] :].tolist()
-            completions.extend(cut_at_stop(row[:limit], set(eos)) for row, (_, limit, _) in zip(new, chunk, strict=True))
+            completions.extend(
+                cut_at_stop(row[:limit], set(eos)) for row, (_, limit, _) in zip(new, chunk, strict=True)
+            )
     model.train(was_training)
     groups, start = [], 0
     for request in requests:

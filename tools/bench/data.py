@@ -52,7 +52,13 @@ def image_shards(folder: Path, count: int) -> list[str]:
                 draw.ellipse((x, y, x + 14, y + 14), fill="black")
             png = io.BytesIO()
             image.save(png, format="PNG")
-            sink.write({"__key__": f"{i:08d}", "json": {"prompt": "How many dots?", "answer": "1", "difficulty": 1}, "png": png.getvalue()})
+            sink.write(
+                {
+                    "__key__": f"{i:08d}",
+                    "json": {"prompt": "How many dots?", "answer": "1", "difficulty": 1},
+                    "png": png.getvalue(),
+                }
+            )
     return sorted(str(p) for p in folder.glob("img-*.tar"))
 
 
@@ -64,8 +70,12 @@ def samples_per_s(urls: list[str]) -> float:
 
 def draw_seconds(shards: Path, prompts: int, draws: int, tokenizer, processor=None) -> tuple[float, int]:
     """Mean seconds of one draw (with the success update it feeds), and the pool's size."""
-    dm = CurriculumDataModule(str(shards / "train-*.tar.gz"), str(shards / "heldout-*.tar.gz"), prompts_per_iteration=prompts)
-    dm.trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    dm = CurriculumDataModule(
+        str(shards / "train-*.tar.gz"), str(shards / "heldout-*.tar.gz"), prompts_per_iteration=prompts
+    )
+    dm.trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     dm.tokenizer, dm.processor = tokenizer, processor
     dm.setup("fit")
     dm.draw()  # warm-up
@@ -82,7 +92,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="P, prompts per draw")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--iteration-s", type=float, default=1.10, help="an RL iteration of the tiny recipe, seconds")
-    parser.add_argument("--vlm-iteration-s", type=float, default=1.12, help="an RL iteration of the tiny VLM recipe, seconds")
+    parser.add_argument(
+        "--vlm-iteration-s", type=float, default=1.12, help="an RL iteration of the tiny VLM recipe, seconds"
+    )
     args = parser.parse_args()
 
     text_urls = shard_urls(str(SHARDS / "train-*.tar.gz"))
@@ -93,12 +105,20 @@ def main() -> None:
     draw_s, pool_prompts = draw_seconds(SHARDS, args.prompts, args.draws, char_tokenizer(ALPHABET))
     vlm = TinyVLM(VLM_ALPHABET)
     image_draw_s, _ = draw_seconds(VISION, args.prompts, args.draws, vlm.tokenizer(), vlm.processor())
-    print(json.dumps({
-        "text_samples_per_s": round(text), "image_samples_per_s": round(image), "draw_ms": round(draw_s * 1000, 2),
-        "share_of_iteration": round(draw_s / args.iteration_s, 4), "image_draw_ms": round(image_draw_s * 1000, 2),
-        "image_share_of_iteration": round(image_draw_s / args.vlm_iteration_s, 4), "pool_prompts": pool_prompts,
-        "prompts_per_draw": args.prompts,
-    }))
+    print(
+        json.dumps(
+            {
+                "text_samples_per_s": round(text),
+                "image_samples_per_s": round(image),
+                "draw_ms": round(draw_s * 1000, 2),
+                "share_of_iteration": round(draw_s / args.iteration_s, 4),
+                "image_draw_ms": round(image_draw_s * 1000, 2),
+                "image_share_of_iteration": round(image_draw_s / args.vlm_iteration_s, 4),
+                "pool_prompts": pool_prompts,
+                "prompts_per_draw": args.prompts,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ The task: carry-chain addition where 85% of prompts have 1–5 digit operands (r
 tokens) and 15% have 8–16 (≈ 75–150 tokens), so a batch of 16 prompts × 8 samples nearly always
 holds a few responses 3–10× the median, and without partial rollouts every iteration waits for
 them. The bench first warms up a tiny model on this mix (``conf/tiny_sft.yaml``, ``--sft-steps``,
-the same imperfect teacher; kept under ``runs/bench/`` for later runs, skipped with ``--model``), then runs the real CLI twice
-(``conf/tiny.yaml``: vLLM where installed), identical but for ``rollout.segment_tokens`` (off vs
-``--segment-tokens``), same hard cap ``--max-new-tokens``, each for ``--seconds`` of fit,
-evaluating the 400 usual held-out prompts (1–5 digits) every ``--eval-every`` iterations.
+the same imperfect teacher; kept under ``runs/bench/`` for later runs, skipped with ``--model``),
+then runs the real CLI twice (``conf/tiny.yaml``: vLLM where installed), identical but for
+``rollout.segment_tokens`` (off vs ``--segment-tokens``), same hard cap ``--max-new-tokens``, each
+for ``--seconds`` of fit, evaluating the 400 usual held-out prompts (1–5 digits) every ``--eval-every`` iterations.
 
 Iteration time = RunSummary's ``perf/iteration_seconds`` (rollout + update; evaluation
 excluded). Prints one JSON line: ``median_time_reduction`` / ``p90_time_reduction`` = 1 −
@@ -43,7 +43,9 @@ def long_tailed_shards(folder: Path, count: int, seed: int = 1) -> str:
     for _ in range(count):
         problem = sample_problem(rng, rng.choice(LONG if rng.random() < LONG_SHARE else SHORT))
         solution, _ = teacher_solution(problem, rng)
-        records.append({"prompt": problem.prompt, "answer": problem.answer, "difficulty": problem.difficulty, "solution": solution})
+        records.append(
+            {"prompt": problem.prompt, "answer": problem.answer, "difficulty": problem.difficulty, "solution": solution}
+        )
     write_shards(records, f"{folder}/train-%06d.tar.gz", records_per_shard=5000)
     return f"{folder}/train-*.tar.gz"
 
@@ -54,10 +56,18 @@ def warm_up(args, shards: str, out: Path) -> str:
     if (out / "sft_hf" / "config.json").exists():
         return f"{out}/sft_hf"
     command = [
-        sys.executable, "-m", "k15", "fit", "-c", "conf/tiny_sft.yaml",
-        f"--data.init_args.train_shards={shards}", f"--data.init_args.steps={args.sft_steps}",
-        f"--trainer.val_check_interval={args.sft_steps}", f"--trainer.logger.init_args.save_dir={out}",
-        f"--trainer.callbacks=[{{class_path: k15.export.ExportPretrained, init_args: {{dirpath: {out}/sft_hf}}}}, k15.summary.RunSummary]",
+        sys.executable,
+        "-m",
+        "k15",
+        "fit",
+        "-c",
+        "conf/tiny_sft.yaml",
+        f"--data.init_args.train_shards={shards}",
+        f"--data.init_args.steps={args.sft_steps}",
+        f"--trainer.val_check_interval={args.sft_steps}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks=[{{class_path: k15.export.ExportPretrained, init_args: {{dirpath: {out}/sft_hf}}}}, "
+        "k15.summary.RunSummary]",
         "--trainer.enable_progress_bar=false",
     ]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
@@ -67,18 +77,30 @@ def warm_up(args, shards: str, out: Path) -> str:
 def run(name: str, args, model: str, shards: str, out: Path, segment_tokens: int | None) -> dict:
     seconds = args.seconds
     command = [
-        sys.executable, "-m", "k15", "fit", "-c", "conf/tiny.yaml",
+        sys.executable,
+        "-m",
+        "k15",
+        "fit",
+        "-c",
+        "conf/tiny.yaml",
         f"--model.init_args.model.init_args.path={model}",
         f"--data.init_args.train_shards={shards}",
         "--data.init_args.iterations=100000",
         f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}",
         f"--trainer.val_check_interval={args.eval_every}",
         f"--model.init_args.rollout.init_args.max_new_tokens={args.max_new_tokens}",
-        f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.logger.init_args.name={name}",
         "--trainer.callbacks=[k15.summary.RunSummary]",  # no checkpoints, no export over runs/tiny/hf
         "--trainer.enable_progress_bar=false",
-    ] + ([] if segment_tokens is None else [f"--model.init_args.rollout.init_args.segment_tokens={segment_tokens}",
-                                            f"--model.init_args.rollout.init_args.segments_in_loss={args.segments_in_loss}"])
+    ] + (
+        []
+        if segment_tokens is None
+        else [
+            f"--model.init_args.rollout.init_args.segment_tokens={segment_tokens}",
+            f"--model.init_args.rollout.init_args.segments_in_loss={args.segments_in_loss}",
+        ]
+    )
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     log_dir = out / name / "version_0"
     summary = json.loads((log_dir / "summary.json").read_text())
@@ -89,8 +111,20 @@ def run(name: str, args, model: str, shards: str, out: Path, segment_tokens: int
     accuracy = events.Scalars("heldout/accuracy")
     curve = [[0.0, 0, round(accuracy[0].value, 4)]]  # the sanity pass, before any update
     for e in accuracy[1:]:
-        curve.append([round(sum(s for step, s in iteration_s.items() if step <= e.step), 1), int(tokens[e.step]), round(e.value, 4)])
-    tags = ("rollout/seconds", "rollout/sync_seconds", "rollout/stale_token_share", "rollout/buffer_groups", "rollout/finish_budget")
+        curve.append(
+            [
+                round(sum(s for step, s in iteration_s.items() if step <= e.step), 1),
+                int(tokens[e.step]),
+                round(e.value, 4),
+            ]
+        )
+    tags = (
+        "rollout/seconds",
+        "rollout/sync_seconds",
+        "rollout/stale_token_share",
+        "rollout/buffer_groups",
+        "rollout/finish_budget",
+    )
     scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in tags if tag in events.Tags()["scalars"]}
     return {
         "iterations": len(iteration_s),
@@ -117,7 +151,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=150, help="fit wall time of each run")
     parser.add_argument("--max-new-tokens", type=int, default=192, help="hard cap on a response, both runs")
     parser.add_argument("--segment-tokens", type=int, default=32, help="per-iteration budget of the partial run")
-    parser.add_argument("--segments-in-loss", choices=("all", "newest"), default="all", help="the partial run's segments_in_loss")
+    parser.add_argument(
+        "--segments-in-loss", choices=("all", "newest"), default="all", help="the partial run's segments_in_loss"
+    )
     parser.add_argument("--eval-every", type=int, default=10, help="iterations between held-out evaluations")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,17 +163,26 @@ def main() -> None:
         partial = run("partial", args, model, shards, Path(tmp) / "runs", args.segment_tokens)
 
     common = min(whole["curve_train_s_tokens_acc"][-1][0], partial["curve_train_s_tokens_acc"][-1][0])
-    print(json.dumps({
-        "median_time_reduction": round(1 - partial["iteration_s_median"] / whole["iteration_s_median"], 3),
-        "p90_time_reduction": round(1 - partial["iteration_s_p90"] / whole["iteration_s_p90"], 3),
-        "equal_training_s": common,
-        "heldout_acc_at_equal_time": {"whole": accuracy_at(whole["curve_train_s_tokens_acc"], common),
-                                      "partial": accuracy_at(partial["curve_train_s_tokens_acc"], common)},
-        "max_new_tokens": args.max_new_tokens, "segment_tokens": args.segment_tokens,
-        "segments_in_loss": args.segments_in_loss, "fit_seconds_each": args.seconds,
-        "sft_steps": None if args.model else args.sft_steps,
-        "whole": whole, "partial": partial,
-    }))
+    print(
+        json.dumps(
+            {
+                "median_time_reduction": round(1 - partial["iteration_s_median"] / whole["iteration_s_median"], 3),
+                "p90_time_reduction": round(1 - partial["iteration_s_p90"] / whole["iteration_s_p90"], 3),
+                "equal_training_s": common,
+                "heldout_acc_at_equal_time": {
+                    "whole": accuracy_at(whole["curve_train_s_tokens_acc"], common),
+                    "partial": accuracy_at(partial["curve_train_s_tokens_acc"], common),
+                },
+                "max_new_tokens": args.max_new_tokens,
+                "segment_tokens": args.segment_tokens,
+                "segments_in_loss": args.segments_in_loss,
+                "fit_seconds_each": args.seconds,
+                "sft_steps": None if args.model else args.sft_steps,
+                "whole": whole,
+                "partial": partial,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 from torchmetrics.functional.classification import binary_auroc
 
 from k15.data.shards import read_records, shard_urls
@@ -35,7 +36,6 @@ from k15.reward.generative_rm import GenerativeRM
 from k15.reward.scalar_rm import ScalarRM
 from k15.rollout.engine import Request, Sampling
 from k15.rollout.hf import hf_sample
-from timing import median_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def agreement(judge: Verifier, rows: list[dict]) -> dict:
     """Share of rows where ``judge`` agrees with the label, overall and per kind; invalid share."""
     start = time.perf_counter()
-    verdicts = judge.judge_many([r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows])
+    verdicts = judge.judge_many(
+        [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
+    )
     seconds = time.perf_counter() - start
     by_kind = defaultdict(list)
     for r, v in zip(rows, verdicts, strict=True):
@@ -68,8 +70,15 @@ def policy_rows(path: str, prompts: int, k: int, seed: int) -> list[dict]:
     rows = []
     for record, group in zip(records, samples, strict=True):
         for completion in tokenizer.batch_decode([c.token_ids for c in group], skip_special_tokens=True):
-            rows.append({"question": record["prompt"], "reference": record["answer"], "response": completion,
-                         "correct": rule(completion, record["answer"]), "kind": "policy"})
+            rows.append(
+                {
+                    "question": record["prompt"],
+                    "reference": record["answer"],
+                    "response": completion,
+                    "correct": rule(completion, record["answer"]),
+                    "kind": "policy",
+                }
+            )
     return rows
 
 
@@ -78,7 +87,9 @@ def main() -> None:
     parser.add_argument("--scalar", default="runs/rm_scalar/hf")
     parser.add_argument("--generative", default="runs/rm_generative/hf")
     parser.add_argument("--heldout", default="shards/rm/heldout-*.tar.gz")
-    parser.add_argument("--policy", default="runs/tiny_sft/hf", help="a policy folder to sample responses from ('' to skip)")
+    parser.add_argument(
+        "--policy", default="runs/tiny_sft/hf", help="a policy folder to sample responses from ('' to skip)"
+    )
     parser.add_argument("--policy-prompts", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128, help="judgements per timed batch")
     parser.add_argument("--repeats", type=int, default=3)
@@ -88,19 +99,40 @@ def main() -> None:
 
     heldout = list(read_records(shard_urls(args.heldout), split_by_rank=False))
     positive_rate = sum(r["correct"] for r in heldout) / len(heldout)
-    judges = {"rule": FinalAnswerMatch("A:"), "scalar": ScalarRM(args.scalar), "generative": GenerativeRM(Pretrained(args.generative))}
-    policy = policy_rows(args.policy, args.policy_prompts, 8, args.seed) if args.policy and Path(args.policy).is_dir() else []
+    judges = {
+        "rule": FinalAnswerMatch("A:"),
+        "scalar": ScalarRM(args.scalar),
+        "generative": GenerativeRM(Pretrained(args.generative)),
+    }
+    policy = (
+        policy_rows(args.policy, args.policy_prompts, 8, args.seed)
+        if args.policy and Path(args.policy).is_dir()
+        else []
+    )
     batch = heldout[: args.batch]
-    report = {"heldout_records": len(heldout), "majority_baseline": round(max(positive_rate, 1 - positive_rate), 4),
-              "policy_responses": len(policy), "policy_positive_rate": round(sum(r["correct"] for r in policy) / max(len(policy), 1), 4)}
+    report = {
+        "heldout_records": len(heldout),
+        "majority_baseline": round(max(positive_rate, 1 - positive_rate), 4),
+        "policy_responses": len(policy),
+        "policy_positive_rate": round(sum(r["correct"] for r in policy) / max(len(policy), 1), 4),
+    }
     for name, judge in judges.items():
         report[name] = {"heldout": agreement(judge, heldout)}
         if policy:
             report[name]["policy"] = agreement(judge, policy)
-        seconds = median_seconds(lambda judge=judge: judge.judge_many([r["question"] for r in batch], [r["response"] for r in batch], [r["reference"] for r in batch]), args.repeats)
+        seconds = median_seconds(
+            lambda judge=judge: judge.judge_many(
+                [r["question"] for r in batch], [r["response"] for r in batch], [r["reference"] for r in batch]
+            ),
+            args.repeats,
+        )
         report[name]["judgements_per_s"] = round(len(batch) / seconds, 1)
-    scores = judges["scalar"].scores([r["question"] for r in heldout], [r["response"] for r in heldout], [r["reference"] for r in heldout])
-    report["scalar"]["heldout"]["auc"] = round(float(binary_auroc(scores, torch.tensor([int(r["correct"]) for r in heldout]))), 4)
+    scores = judges["scalar"].scores(
+        [r["question"] for r in heldout], [r["response"] for r in heldout], [r["reference"] for r in heldout]
+    )
+    report["scalar"]["heldout"]["auc"] = round(
+        float(binary_auroc(scores, torch.tensor([int(r["correct"]) for r in heldout]))), 4
+    )
     print(json.dumps(report))
 
 

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from k15.data.arithmetic import ALPHABET
 from k15.data.prompts import prompt_batch
@@ -30,7 +31,6 @@ from k15.models import TinyQwen2
 from k15.reward import RewardModule
 from k15.rollout import HFEngine, RolloutCallback
 from k15.rollout.vllm import VLLMEngine
-from timing import median_seconds
 
 SHARDS = Path(__file__).resolve().parents[2] / "shards" / "addition"
 
@@ -57,15 +57,23 @@ def main() -> None:
     # HF first: creating the vLLM engine binds this process's OpenMP threads to cores
     hf_engine = HFEngine()
     hf_engine.sync(model)
-    hf_tps = tokens_per_s(RolloutCallback(hf_engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0))
+    hf_tps = tokens_per_s(
+        RolloutCallback(hf_engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0)
+    )
 
     engine = VLLMEngine(max_model_len=512, kv_cache_gib=0.5)
     engine.sync(model)
     # seeds as k15's engine gives them (prompt p's samples: p·k, p·k + 1, …), so both draw the same samples
     params = [
         engine.vllm.SamplingParams(
-            n=args.k, max_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=p * args.k, logprobs=0,
-            stop_token_ids=engine.eos_token_ids, detokenize=False,
+            n=args.k,
+            max_tokens=args.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            seed=p * args.k,
+            logprobs=0,
+            stop_token_ids=engine.eos_token_ids,
+            detokenize=False,
         )
         for p in range(len(batch.prompt_ids))
     ]
@@ -76,13 +84,25 @@ def main() -> None:
         return sum(len(c.token_ids) for out in outputs for c in out.outputs)
 
     raw_tps = raw_generate() / median_seconds(raw_generate, args.repeats)
-    ours_tps = tokens_per_s(RolloutCallback(engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0))
+    ours_tps = tokens_per_s(
+        RolloutCallback(engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0)
+    )
 
-    print(json.dumps({
-        "vs_raw_vllm": round(ours_tps / raw_tps, 3), "vs_hf": round(ours_tps / hf_tps, 3),
-        "raw_vllm_tokens_per_s": round(raw_tps), "k15_vllm_tokens_per_s": round(ours_tps), "k15_hf_tokens_per_s": round(hf_tps),
-        "prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens, "torch_threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "vs_raw_vllm": round(ours_tps / raw_tps, 3),
+                "vs_hf": round(ours_tps / hf_tps, 3),
+                "raw_vllm_tokens_per_s": round(raw_tps),
+                "k15_vllm_tokens_per_s": round(ours_tps),
+                "k15_hf_tokens_per_s": round(hf_tps),
+                "prompts": args.prompts,
+                "k": args.k,
+                "max_new_tokens": args.max_new_tokens,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

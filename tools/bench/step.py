@@ -1,6 +1,7 @@
 """Seconds per RL iteration: k15 (Lightning + KimiLoss) side by side with TRL's GRPOTrainer.
 
-    python tools/bench/step.py [--engine vllm --prompts 16 --k 8 --max-new-tokens 48 --updates 2 --iterations 5 --rounds 2 --threads 2]
+    python tools/bench/step.py [--engine vllm --prompts 16 --k 8 --max-new-tokens 48 --updates 2 --iterations 5
+                                --rounds 2 --threads 2]
 
 Needs TRL (``pip install -e ".[bench]"``). Both systems load one randomly initialised tiny Qwen2 +
 char tokenizer (``k15.models.TinyQwen2``, ``save_pretrained`` to a temp folder) in fp32 on CPU,
@@ -81,7 +82,10 @@ class IterationLog:
     def attach(self, model: torch.nn.Module) -> None:
         """Time ``model.generate``, ``model``'s forwards, every ``Tensor.backward`` and optimizer step."""
         self.backward, self.fresh = torch.Tensor.backward, True
-        model.generate, torch.Tensor.backward = self.timed("generate", model.generate), self.timed("backward", self.backward)
+        model.generate, torch.Tensor.backward = (
+            self.timed("generate", model.generate),
+            self.timed("backward", self.backward),
+        )
         self.hooks = [
             model.register_forward_pre_hook(self._forward_start, with_kwargs=True),
             model.register_forward_hook(lambda *_: self._forward_done()),
@@ -136,19 +140,25 @@ class IterationLog:
             "s_per_iter": round(statistics.median(r["total"] for r in timed), 3),
             "min_s_per_iter": round(min(r["total"] for r in timed), 3),
             "iterations": [round(r["total"], 3) for r in timed],
-            "profile_mean_s": {key: round(statistics.mean(r[key] for r in timed), 3) for key in ("total", *PHASES, "other")},
+            "profile_mean_s": {
+                key: round(statistics.mean(r[key] for r in timed), 3) for key in ("total", *PHASES, "other")
+            },
             "last_iter_counts": {
-                "optimizer_steps": counts["optimizer_step"], "grad_forwards": counts["grad_forward"],
+                "optimizer_steps": counts["optimizer_step"],
+                "grad_forwards": counts["grad_forward"],
                 "rows_per_grad_forward": counts["grad_rows"] / max(1, counts["grad_forward"]),
-                "nograd_forwards": counts["nograd_forward"], "decode_steps": counts["new_tokens"],
+                "nograd_forwards": counts["nograd_forward"],
+                "decode_steps": counts["new_tokens"],
             },
         }
 
 
 def prompt_data(args) -> PromptDataModule:
     return PromptDataModule(
-        train_shards=str(SHARDS / "train-*.tar.gz"), heldout_shards=str(SHARDS / "heldout-*.tar.gz"),
-        prompts_per_iteration=args.prompts, iterations=WARMUP + args.iterations,
+        train_shards=str(SHARDS / "train-*.tar.gz"),
+        heldout_shards=str(SHARDS / "heldout-*.tar.gz"),
+        prompts_per_iteration=args.prompts,
+        iterations=WARMUP + args.iterations,
     )
 
 
@@ -168,7 +178,9 @@ def run_k15(path: str, args, log: IterationLog) -> None:
     engine = HFEngine() if args.engine == "hf" else VLLMEngine(max_model_len=256, kv_cache_gib=0.25)
     module = PolicyModule(
         model=Pretrained(path),
-        rollout=RolloutCallback(engine=engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, temperature=1.0),
+        rollout=RolloutCallback(
+            engine=engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, temperature=1.0
+        ),
         reward=RewardModule(verifier=FinalAnswerMatch("A:")),
         loss=KimiLoss(tau=0.5),
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-5),
@@ -176,8 +188,16 @@ def run_k15(path: str, args, log: IterationLog) -> None:
         micro_batch_tokens=args.micro_batch_tokens,
     )
     trainer = lightning.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Timer()],
     )
     if args.engine == "vllm":  # vLLM runs its own copy of the model: time its sampling as generate
         engine.sample = log.timed("generate", engine.sample)
@@ -205,17 +225,42 @@ def run_trl(path: str, args, log: IterationLog, output_dir: str) -> None:
                 log.end()
 
     config = GRPOConfig(
-        output_dir=output_dir, per_device_train_batch_size=args.prompts * args.k, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=args.k, num_iterations=args.updates, max_steps=args.updates * iterations,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=0.0, use_vllm=False,
-        bf16=False, gradient_checkpointing=False, use_cpu=True, learning_rate=3e-5, lr_scheduler_type="constant",
-        max_grad_norm=1.0, optim="adamw_torch", shuffle_dataset=False, seed=0, logging_steps=10**6,
-        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=output_dir,
+        per_device_train_batch_size=args.prompts * args.k,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_generations=args.k,
+        num_iterations=args.updates,
+        max_steps=args.updates * iterations,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        use_vllm=False,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        learning_rate=3e-5,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        shuffle_dataset=False,
+        seed=0,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")  # as k15.models.Pretrained loads it
     trainer = GRPOTrainer(
-        model=model, reward_funcs=correctness, args=config, train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(path), callbacks=[Timer()],
+        model=model,
+        reward_funcs=correctness,
+        args=config,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(path),
+        callbacks=[Timer()],
     )
     log.attach(trainer.model)
     trainer.train()
@@ -230,10 +275,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--updates", type=int, default=2, help="optimizer steps per generation")
-    parser.add_argument("--iterations", type=int, default=5, help="timed iterations per system and round (after a warm-up one)")
+    parser.add_argument(
+        "--iterations", type=int, default=5, help="timed iterations per system and round (after a warm-up one)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads, the same for both")
     parser.add_argument("--rounds", type=int, default=2, help="runs per system, alternating k15-TRL, TRL-k15, …")
-    parser.add_argument("--run", nargs=2, metavar=("SYSTEM", "MODEL"), help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument(
+        "--run", nargs=2, metavar=("SYSTEM", "MODEL"), help=argparse.SUPPRESS
+    )  # one run, in a child process
     args = parser.parse_args()
     args.micro_batch_tokens = args.micro_batch_tokens or None
     torch.set_num_threads(args.threads)
@@ -252,8 +301,12 @@ def main() -> None:
         source.tokenizer().save_pretrained(f"{tmp}/model")
         for r in range(args.rounds):  # alternating order, so a load change on the shared CPU hits both
             for system in ("k15", "trl") if r % 2 == 0 else ("trl", "k15"):
-                child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run", system, f"{tmp}/model"],
-                                       check=True, capture_output=True, text=True)
+                child = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], "--run", system, f"{tmp}/model"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 result = json.loads(child.stdout.strip().splitlines()[-1])
                 logs[system].iterations += result["iterations"]
                 logs[system].prompts += result["prompts"]
@@ -261,14 +314,29 @@ def main() -> None:
     k15, trl = logs["k15"], logs["trl"]
 
     a, b = k15.summary(), trl.summary()
-    print(json.dumps({
-        "k15_s_per_iter": a["s_per_iter"], "trl_s_per_iter": b["s_per_iter"], "ratio": round(a["s_per_iter"] / b["s_per_iter"], 3),
-        "engine": args.engine, "micro_batch_tokens": args.micro_batch_tokens,
-        "prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens, "updates_per_iter": args.updates,
-        "iterations_measured": args.iterations * args.rounds, "rounds": args.rounds, "warmup_iterations_per_round": WARMUP,
-        "torch_threads": sorted(k15.threads | trl.threads), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-        "same_prompts": k15.prompts == trl.prompts, "k15": a, "trl": b,
-    }))
+    print(
+        json.dumps(
+            {
+                "k15_s_per_iter": a["s_per_iter"],
+                "trl_s_per_iter": b["s_per_iter"],
+                "ratio": round(a["s_per_iter"] / b["s_per_iter"], 3),
+                "engine": args.engine,
+                "micro_batch_tokens": args.micro_batch_tokens,
+                "prompts": args.prompts,
+                "k": args.k,
+                "max_new_tokens": args.max_new_tokens,
+                "updates_per_iter": args.updates,
+                "iterations_measured": args.iterations * args.rounds,
+                "rounds": args.rounds,
+                "warmup_iterations_per_round": WARMUP,
+                "torch_threads": sorted(k15.threads | trl.threads),
+                "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                "same_prompts": k15.prompts == trl.prompts,
+                "k15": a,
+                "trl": b,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
