@@ -73,7 +73,7 @@ class PolicyLoss:
     def __call__(self, logp: Tensor, ref_logp: Tensor, mask: Tensor, advantages: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def share(self, part_mask: Tensor, whole_mask: Tensor) -> float:
+    def micro_batch_weight(self, part_mask: Tensor, whole_mask: Tensor) -> float:
         """The weight of a micro-batch's loss in its step's: the loss is a mean over trajectories
         (k1.5), so a part of the rows weighs rows_part / rows_whole. Token-mean losses override."""
         return len(part_mask) / len(whole_mask)
@@ -116,5 +116,5 @@ class GRPOLoss(PolicyLoss):
     def __call__(self, logp, ref_logp, mask, advantages):
         return ppo_clip_loss(logp, ref_logp, mask, advantages, self.clip_eps)
 
-    def share(self, part_mask, whole_mask):
+    def micro_batch_weight(self, part_mask, whole_mask):
         return float(part_mask.sum() / whole_mask.sum().clamp(min=1))  # a mean over tokens

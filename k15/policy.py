@@ -16,10 +16,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from k15.data.prompts import PromptBatch
 from k15.errors import require_at_least_one
+from k15.language_module import LanguageModule
 from k15.losses import KimiLoss, PolicyLoss
 from k15.metrics import log_iteration
 from k15.models import ModelSource
-from k15.module import LanguageModule, default_optimizer
+from k15.optim import default_optimizer
 from k15.reference import ReferenceModule
 from k15.reward import RewardModule
 from k15.rollout import RolloutCallback

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from k15.data.sft import SFTBatch
+from k15.language_module import LanguageModule
 from k15.metrics import log_iteration
-from k15.module import LanguageModule
 
 
 class SFTModule(LanguageModule):

@@ -5,7 +5,7 @@ the optimizer: no Lightning inside, so a test can hold it against a hand-compute
     for each of ``passes`` passes:
         order ← a permutation of the N = P·k trajectories, drawn from ``generator``
         for each step of S rows of ``order``:
-            g ← Σ over length-bucketed micro-batches mb of ∇[share(mb) · L(θ; mb)]   (one step's gradient)
+            g ← Σ over length-bucketed micro-batches mb of ∇[w(mb) · L(θ; mb)]   (one step's gradient)
             L and ‖g‖ finite?  clip g to norm c, optimizer step  :  drop the step (``FiniteGuard``)
 
 π_θi's log-probs (the reference) are an input; ``None`` takes them from the first step's own
@@ -71,10 +71,10 @@ def update_policy(
     rank's finite/not-finite decision combined, so sharded ranks step or skip together).
     """
     n = len(rollout.input_ids)
-    step = trajectories_per_step or n
+    rows_per_step = trajectories_per_step or n
     reference_from_first_step = ref_logp is None
     if reference_from_first_step:
-        if step < n:
+        if rows_per_step < n:
             raise ValueError("the reference can come from the first step only when that step covers every trajectory")
         ref_logp = torch.zeros(rollout.input_ids.shape, device=rollout.input_ids.device)
     advantages = loss.advantages(rollout.rewards.total).to(ref_logp.device)
@@ -85,7 +85,7 @@ def update_policy(
     lengths = rollout.attention_mask.sum(dim=1)
     step_losses, log_ratios, grad_norms, skipped = [], [], [], 0
     for _ in range(passes):
-        for rows in torch.randperm(n, generator=generator).to(ref_logp.device).split(step):
+        for rows in torch.randperm(n, generator=generator).to(ref_logp.device).split(rows_per_step):
             raw.zero_grad()
             step_loss = torch.zeros((), device=ref_logp.device)
             for mb in micro_batches(lengths, rows, micro_batch_tokens):
@@ -98,7 +98,7 @@ def update_policy(
                 logp = token_logprobs(model, ids, mask, **rollout.inputs_for(mb))
                 if reference_from_first_step:
                     ref_logp[mb, :width] = logp.detach()
-                part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.share(
+                part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.micro_batch_weight(
                     in_loss, rollout.loss_mask[rows]
                 )
                 backward(part)

@@ -25,7 +25,7 @@ from tars import tar_bytes
 
 from k15.data.arithmetic import ALPHABET
 from k15.data.curriculum import CurriculumDataModule
-from k15.data.judging import JUDGE_ALPHABET, JudgingDataModule
+from k15.data.judging import JudgingDataModule
 from k15.data.prompts import PromptDataModule
 from k15.data.sft import SFTDataModule
 from k15.data.shards import read_records, shard_urls
@@ -33,6 +33,7 @@ from k15.errors import K15Error
 from k15.models import TinyQwen2
 from k15.models.tiny import char_tokenizer
 from k15.policy import PolicyModule
+from k15.reward.judge_prompt import JUDGE_ALPHABET
 from k15.reward.scalar_rm import ScalarRMModule
 from k15.rollout import RolloutCallback
 from k15.rollout.hf import HFEngine

@@ -114,7 +114,9 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
     assert json.loads((sft_run / "runs/tiny/version_1/summary.json").read_text())["steps"] == 6
 
 
-def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
+def test_loss_and_verifier_swapped_by_overlays_train(sft_run, shard_dir):
+    """GRPO's loss and math-verify's verifier by two overlays; the verifier's counters reach
+    TensorBoard every iteration (``reward/verifier/*``) and at evaluation (``heldout/verifier/*``)."""
     out = k15(
         "fit",
         "-c",
@@ -140,10 +142,17 @@ def test_loss_swapped_by_overlay_trains(sft_run, shard_dir):
         *SMALL_RL,
         "--data.init_args.iterations=1",
         "--trainer.val_check_interval=1",
+        "-c",
+        str(CONF / "reward/math.yaml"),
         "--trainer.logger.init_args.name=grpo",
         cwd=sft_run,
     )
-    assert "train/loss" in scalars(sft_run / "runs/grpo/version_0")
+    logged = scalars(sft_run / "runs/grpo/version_0")
+    assert "train/loss" in logged
+    # every response of the iteration checked once (P·k = 4·4), none timed out; the 12 held-out answers
+    assert [(s.step, s.value) for s in logged["reward/verifier/checks"]] == [(0, 16.0)]
+    assert [s.value for s in logged["reward/verifier/timeouts"]] == [0.0]
+    assert [s.value for s in logged["heldout/verifier/checks"]] == [12.0]
 
 
 RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml"))
@@ -209,6 +218,8 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
         str(CONF / "tiny.yaml"),
         "-c",
         str(CONF / "strategy/fsdp2.yaml"),
+        "-c",
+        str(CONF / "reward/math.yaml"),
         *data_args(shard_dir),
         *SMALL_RL,
         "--data.init_args.iterations=2",
@@ -222,6 +233,9 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
     )
     logged = scalars(sft_run / "runs/fsdp2/version_0")
     assert len(logged["rollout/reward"]) == 2 and "heldout/accuracy" in logged
+    # each rank judges its own P·k = 16 responses: the counters are the sum over both ranks
+    assert [s.value for s in logged["reward/verifier/checks"]] == [32.0, 32.0]
+    assert [s.value for s in logged["heldout/verifier/checks"]] == [12.0]
     exported = AutoModelForCausalLM.from_pretrained(sft_run / "runs/fsdp2/hf")
     assert exported.config.hidden_size == 64
     assert json.loads((sft_run / "runs/fsdp2/version_0/summary.json").read_text())["steps"] == 2

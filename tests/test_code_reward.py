@@ -26,12 +26,15 @@ def test_a_batch_is_scored_in_order_with_verdicts_counted(code):
     completions = [RIGHT, WRONG, "print(3) without a fence", RIGHT, RIGHT.replace("print(a + b)", "while True: pass")]
     answers = [ADDITION] * 4 + [ADDITION]
     answers[3] = "not json"  # a broken record: wrong, and counted against the data
-    before = code.bad_tests
+    code.take_counts()  # the fixture is shared: count this batch only
     verdicts = code.judge_many([""] * 5, completions, answers)
     assert [v.correct for v in verdicts] == [True, False, False, False, False]
     assert [v.reason for v in verdicts] == ["pass", "wrong", "no_code", "bad_tests", "timeout"]
-    assert code.bad_tests == before + 1
-    assert code.verdicts["ok"] >= 3 and code.verdicts["wrong"] >= 1 and code.verdicts["timeout"] >= 1
+    counts = code.take_counts()
+    assert counts["bad_tests"] == 1
+    # three passing programs × their tests, one wrong and one timed-out program
+    assert counts["tests_ok"] >= 3 and counts["tests_wrong"] >= 1 and counts["tests_timeout"] >= 1
+    assert counts["tests_memory"] == counts["tests_compile_error"] == 0  # every name, 0 when absent
 
 
 def test_test_cases_must_be_a_non_empty_list_of_stdin_expected():

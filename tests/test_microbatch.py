@@ -43,7 +43,7 @@ def test_micro_batch_losses_weighted_by_share_sum_to_the_whole_step_loss(case, s
                 mask[mb, : int(lengths[mb].max())],
                 advantages[mb],
             )
-            * loss.share(mask[mb], mask[rows])
+            * loss.micro_batch_weight(mask[mb], mask[rows])
             for mb in micro_batches(lengths, rows, budget)
         )
         torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)

@@ -16,12 +16,13 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification
 
 from k15.cli import main as k15_main
-from k15.data.judging import JUDGE_ALPHABET, judging_batch
+from k15.data.judging import judging_batch
 from k15.data.shards import read_records
 from k15.models import Pretrained, TinyQwen2
 from k15.reward import RewardModule
 from k15.reward.answer import FinalAnswerMatch, Verdict
 from k15.reward.generative_rm import GenerativeRM, VerdictMatch, parse_verdict, verdict_of
+from k15.reward.judge_prompt import JUDGE_ALPHABET
 from k15.reward.scalar_rm import ScalarRM, ScalarRMModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,8 +257,8 @@ def test_an_untrained_genrm_gives_counted_invalid_verdicts(tmp_path):
     source.tokenizer().save_pretrained(tmp_path)
     judge = GenerativeRM(Pretrained(str(tmp_path)), max_new_tokens=8)
     verdicts = judge.judge_many(["Q:1+2=", "Q:5+5="] * 3, ["1+2+0=3,A:3", "A:11"] * 3, ["3", "10"] * 3)
-    assert verdicts == [Verdict(False, "invalid")] * 6 and judge.invalid == 6
-    assert judge.judge("Q:1+2=", "A:3", "3") == Verdict(False, "invalid") and judge.invalid == 7
+    assert verdicts == [Verdict(False, "invalid")] * 6 and judge.take_counts() == {"invalid": 6}
+    assert judge.judge("Q:1+2=", "A:3", "3") == Verdict(False, "invalid") and judge.take_counts() == {"invalid": 1}
     assert len(judge.outputs(["Q:1+2="], ["A:3"], ["3"])[0]) <= 8  # greedy text within the budget, not a crash
     assert judge.judge_many([], [], []) == []
 

@@ -8,13 +8,12 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from k15.generation import Completion, Request, SeededSampling, cut_at_stop, hf_sample, inverse_cdf_sample
 from k15.logprobs import token_logprobs
 from k15.models import Pretrained
 from k15.reference import ReferenceModule
 from k15.rollout import HFEngine, Sampling
 from k15.rollout.batch import pack_trajectories
-from k15.rollout.engine import Completion, Request
-from k15.rollout.hf import SeededSampling, cut_at_stop, hf_sample, inverse_cdf_sample
 from k15.rollout.trajectory import Group, Segment, Trajectory
 
 
@@ -67,16 +66,16 @@ def test_a_sample_depends_on_its_seed_only_not_on_the_batch_or_chunking(tiny_dir
     alone = tokens(hf_sample(model, [target], sampling))[0]
     assert len(set(map(tuple, alone))) > 1 and max(len(t) for t in alone) > 3  # long enough to tell draws apart
     shifted = Sampling(temperature=1.0, seed=95)  # 5 samples before the target: its rows are seeds 100..103 again
-    for max_batch_size in (512, 1, 3, 6):  # 3 and 6 split the target's rows across chunks
-        mixed = tokens(hf_sample(model, [*before, target, after], shifted, max_batch_size))
-        assert mixed[2] == alone, max_batch_size
+    for max_sequences in (512, 1, 3, 6):  # 3 and 6 split the target's rows across chunks
+        mixed = tokens(hf_sample(model, [*before, target, after], shifted, max_sequences))
+        assert mixed[2] == alone, max_sequences
         assert mixed[0] == tokens(hf_sample(model, before[:1], shifted))[0]  # the others are reproducible too
-    assert tokens(hf_sample(model, [target], sampling, max_batch_size=1))[0] == alone
+    assert tokens(hf_sample(model, [target], sampling, max_sequences=1))[0] == alone
     # and with top-p, which sorts each row's probabilities
     nucleus = Sampling(temperature=1.0, top_p=0.8, seed=100)
     alone = tokens(hf_sample(model, [target], nucleus))[0]
     assert (
-        tokens(hf_sample(model, [*before, target], Sampling(temperature=1.0, top_p=0.8, seed=95), max_batch_size=2))[2]
+        tokens(hf_sample(model, [*before, target], Sampling(temperature=1.0, top_p=0.8, seed=95), max_sequences=2))[2]
         == alone
     )
 

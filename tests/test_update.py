@@ -16,7 +16,7 @@ from k15.finite import FiniteGuard
 from k15.logprobs import token_logprobs
 from k15.losses import GRPOLoss, KimiLoss, mean_baseline_advantages, normalized_advantages
 from k15.models import Pretrained
-from k15.reward.module import Rewards
+from k15.reward.rewards import Rewards
 from k15.rollout.batch import Rollout
 from k15.update import update_policy
 

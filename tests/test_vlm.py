@@ -180,7 +180,7 @@ def test_text_model_folder_has_no_processor(tiny_dir):
 
 
 def test_the_image_placeholder_is_never_sampled_by_a_vision_policy(tiny_dir):
-    from k15.module import LanguageModule
+    from k15.language_module import LanguageModule
 
     vision = LanguageModule(TinyVLM(ALPHABET, **SMALL_VLM))
     assert vision.unsampled_token_ids == (vision.tokenizer.convert_tokens_to_ids("<image>"),)

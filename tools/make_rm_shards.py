@@ -15,7 +15,7 @@ correct:
     bare        just ``A:<right answer>``, no working                                   12%
 
 Guesses differ from the reference in most digits: they make "this digit differs" a common
-training signal (the GenRM's worked verdicts compare digit by digit, k15/data/judging.py), while
+training signal (the GenRM's worked verdicts compare digit by digit, k15/reward/judge_prompt.py), while
 near misses and the teacher's slips are the hard cases. Near misses include answers of the wrong
 length because the tiny SFT policy writes them (``A:101`` for 10): a GenRM trained without them
 accepted 16 of 256 policy responses that the rule rejects, all answers with a digit too many.
@@ -37,9 +37,9 @@ from k15.data.arithmetic import (
     teacher_solution,
     worked_solution,
 )
-from k15.data.judging import judging_prompt, worked_verdict
 from k15.data.shards import write_shards
 from k15.reward.answer import FinalAnswerMatch
+from k15.reward.judge_prompt import judging_prompt, worked_verdict
 
 KINDS = {"teacher": 0.50, "near_miss": 0.15, "guess": 0.15, "truncated": 0.08, "bare": 0.12}
 VERIFIER = FinalAnswerMatch(ANSWER_MARKER)

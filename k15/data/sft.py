@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -13,6 +12,7 @@ from k15.data.encode import EncodedPrompt, concat_model_inputs, encode_prompt
 from k15.data.prompts import ShardDataModule
 from k15.data.shards import PROMPT_FIELDS
 from k15.errors import require_at_least_one
+from k15.padding import pad_rows, padded_ids
 
 IGNORE_INDEX = -100
 SFT_FIELDS = PROMPT_FIELDS | {"solution": (str,)}
@@ -44,14 +44,8 @@ def sft_row(prompt: EncodedPrompt, solution: str, tokenizer: PreTrainedTokenizer
 
 
 def padded(rows: list[SFTRow], pad_token_id: int) -> SFTBatch:
-    width = max(len(row.input_ids) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id)
-    labels = torch.full((len(rows), width), IGNORE_INDEX)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row.input_ids)] = torch.tensor(row.input_ids)
-        labels[i, : len(row.labels)] = torch.tensor(row.labels)
-        attention_mask[i, : len(row.input_ids)] = 1
+    input_ids, attention_mask = padded_ids([row.input_ids for row in rows], pad_token_id)
+    labels = pad_rows([row.labels for row in rows], IGNORE_INDEX)
     return SFTBatch(input_ids, attention_mask, labels, concat_model_inputs([row.model_inputs for row in rows]))
 
 

@@ -94,6 +94,8 @@ class TinyQwen2(ModelSource):
         seed: initialisation seed; the same seed gives the same weights.
     """
 
+    image_token: str | None = None  # a vision model's image placeholder, a token of its own
+
     def __init__(
         self,
         alphabet: str,
@@ -106,28 +108,28 @@ class TinyQwen2(ModelSource):
         seed: int = 0,
     ):
         self.alphabet = alphabet
-        self.shape = dict(
+        self.seed = seed
+        self.text_shape = dict(
             hidden_size=hidden_size,
             num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
             intermediate_size=intermediate_size,
             max_position_embeddings=max_position_embeddings,
-            seed=seed,
         )
-        self._tokenizer = char_tokenizer(alphabet)
+        self._tokenizer = char_tokenizer(alphabet, image_token=self.image_token)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self._tokenizer
 
     def model(self) -> PreTrainedModel:
-        return tiny_qwen2(self._tokenizer, **self.shape)
+        return tiny_qwen2(self._tokenizer, self.seed, **self.text_shape)
 
     def max_positions(self) -> int:
-        return self.shape["max_position_embeddings"]
+        return self.text_shape["max_position_embeddings"]
 
 
-class TinyVLM(ModelSource):
+class TinyVLM(TinyQwen2):
     """A randomly initialised ~0.8M-parameter LLaVA (CLIP ViT + Qwen2) over a character vocabulary.
 
     Args:
@@ -135,10 +137,11 @@ class TinyVLM(ModelSource):
         image_size: images are resized to image_size × image_size.
         patch_size: ViT patch; each image becomes (image_size / patch_size)² tokens.
         vision_hidden_size, vision_layers: the ViT's width and depth.
-        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the Qwen2 text model.
-        max_position_embeddings: longest image tokens + prompt + completion, in tokens.
-        seed: initialisation seed; the same seed gives the same weights.
+        **text_shape: the Qwen2 text model's shape and the seed, as ``TinyQwen2`` takes them;
+            ``max_position_embeddings`` counts image tokens + prompt + completion.
     """
+
+    image_token = IMAGE_TOKEN
 
     def __init__(
         self,
@@ -147,38 +150,19 @@ class TinyVLM(ModelSource):
         patch_size: int = 8,
         vision_hidden_size: int = 64,
         vision_layers: int = 2,
-        hidden_size: int = 128,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        num_kv_heads: int = 2,
-        intermediate_size: int = 256,
-        max_position_embeddings: int = 256,
-        seed: int = 0,
+        **text_shape,
     ):
-        self.shape = dict(
+        super().__init__(alphabet, **text_shape)
+        self.vision_shape = dict(
             image_size=image_size,
             patch_size=patch_size,
             vision_hidden_size=vision_hidden_size,
             vision_layers=vision_layers,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
-            seed=seed,
         )
-        self._tokenizer = char_tokenizer(alphabet, image_token=IMAGE_TOKEN)
         self._processor = tiny_llava_processor(self._tokenizer, image_size, patch_size)
-
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._tokenizer
 
     def processor(self) -> ProcessorMixin:
         return self._processor
 
     def model(self) -> PreTrainedModel:
-        return tiny_llava(self._tokenizer, **self.shape)
-
-    def max_positions(self) -> int:
-        return self.shape["max_position_embeddings"]
+        return tiny_llava(self._tokenizer, seed=self.seed, **self.vision_shape, **self.text_shape)

@@ -6,9 +6,11 @@ so every code path (transformers, vLLM, save_pretrained) is the real one on a la
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
@@ -43,18 +45,20 @@ def char_tokenizer(alphabet: str, image_token: str | None = None) -> PreTrainedT
     )
 
 
-def tiny_qwen2(
+def qwen2_config(
     tokenizer: PreTrainedTokenizerFast,
-    hidden_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 256,
-    max_position_embeddings: int = 256,
-    seed: int = 0,
-) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 causal LM; the same seed always gives the same weights."""
-    config = Qwen2Config(
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+    **extra,
+) -> Qwen2Config:
+    """A Qwen2 (text) config of this shape over ``tokenizer``'s vocabulary, embeddings tied.
+    The shape's defaults are ``k15.models.TinyQwen2``'s."""
+    return Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -66,9 +70,23 @@ def tiny_qwen2(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
+
+
+def seeded(build: Callable[[], PreTrainedModel], seed: int, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """``build()`` under ``seed`` (the same seed, the same weights; the global RNG untouched), its
+    generation config speaking ``tokenizer``'s special tokens."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model = build()
+    generation = model.generation_config
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def tiny_qwen2(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **shape) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 causal LM of ``shape`` (``qwen2_config``'s arguments)."""
+    return seeded(lambda: Qwen2ForCausalLM(qwen2_config(tokenizer, **shape)), seed, tokenizer)

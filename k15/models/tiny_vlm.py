@@ -11,16 +11,16 @@ Its processor (``LlavaProcessor`` with the PIL CLIP image processor) needs no to
 
 from __future__ import annotations
 
-import torch
 from transformers import (
     CLIPVisionConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
-    Qwen2Config,
 )
 from transformers.models.clip import CLIPImageProcessorPil
+
+from k15.models.tiny import qwen2_config, seeded
 
 IMAGE_TOKEN = "<image>"
 
@@ -45,19 +45,16 @@ def tiny_llava_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, pa
 
 def tiny_llava(
     tokenizer: PreTrainedTokenizerFast,
-    image_size: int = 64,
-    patch_size: int = 8,
-    vision_hidden_size: int = 64,
-    vision_layers: int = 2,
-    hidden_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 256,
-    max_position_embeddings: int = 256,
+    *,
+    image_size: int,
+    patch_size: int,
+    vision_hidden_size: int,
+    vision_layers: int,
     seed: int = 0,
+    **text_shape,
 ) -> LlavaForConditionalGeneration:
-    """A randomly initialised LLaVA; the same seed always gives the same weights."""
+    """A randomly initialised LLaVA: a CLIP ViT of this size, and a Qwen2 text model of
+    ``text_shape`` (``k15.models.tiny.qwen2_config``'s arguments)."""
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden_size,
         intermediate_size=2 * vision_hidden_size,
@@ -66,20 +63,8 @@ def tiny_llava(
         image_size=image_size,
         patch_size=patch_size,
     )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        architectures=["Qwen2ForCausalLM"],  # vLLM builds the language model from this
-    )
+    # vLLM builds the language model from ``architectures``
+    text = qwen2_config(tokenizer, architectures=["Qwen2ForCausalLM"], **text_shape)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -89,13 +74,4 @@ def tiny_llava(
         vision_feature_layer=-1,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
-    generation = model.generation_config
-    generation.pad_token_id, generation.bos_token_id, generation.eos_token_id = (
-        tokenizer.pad_token_id,
-        tokenizer.bos_token_id,
-        tokenizer.eos_token_id,
-    )
-    return model
+    return seeded(lambda: LlavaForConditionalGeneration(config), seed, tokenizer)

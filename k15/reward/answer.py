@@ -11,7 +11,14 @@ Verifiers swap in YAML: ``verifier: {class_path: k15.reward.math.MathVerify}``.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+
+
+def final_answer(completion: str, marker: str) -> str | None:
+    """The completion's text after the last ``marker``, stripped; None when it has no marker."""
+    _, found, answer = completion.rpartition(marker)
+    return answer.strip() if found else None
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,25 @@ class Verdict:
 
 
 class Verifier:
-    """Judges completions against reference answers; subclasses implement ``judge``."""
+    """Judges completions against reference answers; subclasses implement ``judge``.
+
+    Counters: events worth watching that a verdict's reason does not show (a check that ran out of
+    time, a judge's unreadable output, a record's broken tests) are ``count``-ed by name; every
+    name in ``counted`` is logged each iteration as ``reward/verifier/<name>`` (``take_counts``).
+    """
+
+    counted: tuple[str, ...] = ()
+
+    def count(self, name: str, n: int = 1) -> None:
+        if name not in self.counted:
+            raise ValueError(f"{type(self).__name__} counts {self.counted}, not {name!r}")
+        # kept in the instance's __dict__, made on first use: a subclass need not call Verifier.__init__
+        vars(self).setdefault("_counts", Counter())[name] += n
+
+    def take_counts(self) -> dict[str, int]:
+        """Each counter's count since the last call (0 for those that did not occur); then all are zero."""
+        counts = vars(self).pop("_counts", Counter())
+        return {name: counts[name] for name in self.counted}
 
     def judge(self, question: str, completion: str, answer: str) -> Verdict:
         raise NotImplementedError
@@ -50,8 +75,7 @@ class FinalAnswerMatch(Verifier):
 
     def extract(self, completion: str) -> str | None:
         """The completion's final answer, or None when it gives none."""
-        head, found, answer = completion.rpartition(self.marker)
-        return answer.strip() if found else None
+        return final_answer(completion, self.marker)
 
     def judge(self, question: str, completion: str, answer: str) -> Verdict:
         given = self.extract(completion)

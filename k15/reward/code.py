@@ -7,17 +7,16 @@
 A batch is judged with ``judge_many``, which runs its programs on the sandbox's worker pool.
 Reasons: ``pass``; the first failing test's verdict (``wrong``, ``timeout``, ``memory``, …);
 ``no_code`` for a completion with no code block; ``bad_tests`` for a record whose answer is not a
-list of test cases (the data, not the policy, is at fault: fix the shard; also counted).
+list of test cases (the data, not the policy, is at fault: fix the shard; counted as ``bad_tests``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 
 from k15.reward.answer import Verdict, Verifier
-from k15.reward.sandbox import Sandbox, TestCase
+from k15.reward.sandbox import VERDICTS, Sandbox, TestCase
 
 FENCED = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
@@ -39,6 +38,9 @@ class CodeTests(Verifier):
         cpu_seconds, memory_mb, wall_seconds, workers: see ``Sandbox``.
     """
 
+    # every test run's verdict (``tests_ok``, ``tests_timeout`` …), and records without usable tests
+    counted = ("bad_tests", *(f"tests_{v}" for v in VERDICTS))
+
     def __init__(
         self,
         language: str = "python",
@@ -49,8 +51,6 @@ class CodeTests(Verifier):
     ):
         self.language = language
         self.sandbox = Sandbox(cpu_seconds=cpu_seconds, memory_mb=memory_mb, wall_seconds=wall_seconds, workers=workers)
-        self.verdicts: Counter[str] = Counter()  # every test run's verdict, for the caller to log
-        self.bad_tests = 0
 
     def extract(self, completion: str) -> str | None:
         blocks = FENCED.findall(completion)
@@ -63,13 +63,15 @@ class CodeTests(Verifier):
         jobs, runnable, verdicts = [], [], []
         for n, (completion, answer) in enumerate(zip(completions, answers, strict=True)):
             program, cases = self.extract(completion), parse_test_cases(answer)
-            self.bad_tests += cases is None
+            if cases is None:
+                self.count("bad_tests")
             verdicts.append(Verdict(False, "bad_tests" if cases is None else "no_code"))
             if program is not None and cases is not None:
                 jobs.append((program, cases, self.language))
                 runnable.append(n)
         for n, result in zip(runnable, self.sandbox.run_many(jobs), strict=True):
-            self.verdicts.update(result.verdicts)
+            for test_verdict in result.verdicts:
+                self.count(f"tests_{test_verdict}")
             failed = next((v for v in result.verdicts if v != "ok"), None)
             verdicts[n] = Verdict(failed is None, failed or "pass")
         return verdicts

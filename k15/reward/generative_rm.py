@@ -6,7 +6,7 @@ prompt (question, reference answer, response), reasons, and ends with a JSON ver
 
 The verdict is the last JSON object in the output that has a ``correct`` key, read leniently
 (``parse_verdict``); output without one is ``Verdict(False, "invalid")`` and counted in
-``GenerativeRM.invalid``. Decoding is greedy, so a verdict is a function of its prompt.
+``reward/verifier/invalid``. Decoding is greedy, so a verdict is a function of its prompt.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import re
 
-from k15.data.judging import JUDGE_TEMPLATE
+from k15.generation import Request, Sampling, hf_sample
 from k15.models import ModelSource
 from k15.reward.answer import Verdict, Verifier
+from k15.reward.judge_prompt import JUDGE_TEMPLATE
 from k15.reward.model_judge import ModelJudge
-from k15.rollout.engine import Request, Sampling
-from k15.rollout.hf import hf_sample
 
 TRUE_WORDS = {"true", "yes", "y", "correct", "1"}
 FALSE_WORDS = {"false", "no", "n", "incorrect", "wrong", "0"}
@@ -100,23 +99,24 @@ class GenerativeRM(ModelJudge):
     Args:
         model: the judge's weights and tokenizer, e.g. ``k15.models.Pretrained`` of a GenRM export.
         prompt_template: the judging prompt, with fields {question}, {reference}, {response};
-            the default is the one the tiny GenRM is trained on (``k15.data.judging``).
+            the default is the one the tiny GenRM is trained on (``k15.reward.judge_prompt``).
         max_new_tokens: generation budget for reasoning + verdict; a judge cut off before its
             verdict is ``invalid``.
-        max_batch_size: most judgements generated at once.
+        max_judgements: most responses judged in one ``generate`` (one judging prompt each).
     """
+
+    counted = ("invalid",)  # judgements without a readable verdict
 
     def __init__(
         self,
         model: ModelSource,
         prompt_template: str = JUDGE_TEMPLATE,
         max_new_tokens: int = 64,
-        max_batch_size: int = 256,
+        max_judgements: int = 256,
     ):
         super().__init__(model.model(), model.tokenizer(), prompt_template)
         self.max_new_tokens = max_new_tokens
-        self.max_batch_size = max_batch_size
-        self.invalid = 0  # judgements without a readable verdict, for the caller to log
+        self.max_judgements = max_judgements
 
     def outputs(self, questions: list[str], completions: list[str], answers: list[str]) -> list[str]:
         """The judge's raw text for each response: reasoning, then (if all goes well) the verdict."""
@@ -127,13 +127,13 @@ class GenerativeRM(ModelJudge):
             self.model,
             [Request(ids, 1, self.max_new_tokens) for ids in prompt_ids],
             Sampling(temperature=0.0),
-            self.max_batch_size,
+            self.max_judgements,
         )
         return self.tokenizer.batch_decode([g[0].token_ids for g in generated], skip_special_tokens=True)
 
     def judge_many(self, questions: list[str], completions: list[str], answers: list[str]) -> list[Verdict]:
         verdicts = [verdict_of(text) for text in self.outputs(questions, completions, answers)]
-        self.invalid += sum(v.reason == "invalid" for v in verdicts)
+        self.count("invalid", sum(v.reason == "invalid" for v in verdicts))
         return verdicts
 
 

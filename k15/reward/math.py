@@ -8,7 +8,7 @@ Time limit. SymPy can run for minutes on a hostile completion (deep nesting, hug
 reward must not stall training. math-verify's own timeouts are per parse and per compared pair
 (up to six a check) and swallow the timeout into a plain False, so here its timeouts are switched
 off and one ``SIGALRM`` timer bounds the whole check instead; a check that runs out of time or
-raises is wrong and counted (``timeouts``, ``errors``) for the caller to log. Signal handlers can
+raises is wrong and counted (``timeouts``, ``errors``; logged as ``reward/verifier/*``). Signal handlers can
 only be set from the main thread, so a check called from another thread runs unbounded, counted
 in ``unbounded`` (Lightning calls the reward from the main thread). The alarm interrupts Python
 code only: one long C call (a huge integer power) finishes before the timeout fires.
@@ -25,7 +25,7 @@ from typing import Literal
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
 
-from k15.reward.answer import Verdict, Verifier
+from k15.reward.answer import Verdict, Verifier, final_answer
 
 Target = Literal["latex", "expr"]
 
@@ -63,6 +63,8 @@ class MathVerify(Verifier):
         float_rounding: decimal places floats are rounded to before comparison.
     """
 
+    counted = ("checks", "timeouts", "errors", "unbounded")
+
     def __init__(
         self,
         targets: list[Target] | None = None,
@@ -80,17 +82,9 @@ class MathVerify(Verifier):
         self.marker = marker
         self.timeout_seconds = timeout_seconds
         self.float_rounding = float_rounding
-        # Counters for the caller to log; they only grow.
-        self.checks = 0
-        self.timeouts = 0
-        self.errors = 0
-        self.unbounded = 0
 
     def _region(self, completion: str) -> str | None:
-        if self.marker is None:
-            return completion
-        _, found, tail = completion.rpartition(self.marker)
-        return tail if found else None
+        return completion if self.marker is None else final_answer(completion, self.marker)
 
     def _parse_completion(self, completion: str) -> list:
         """math-verify's parse: [sympy object, matched text], or [] when nothing is found."""
@@ -125,13 +119,13 @@ class MathVerify(Verifier):
             if threading.current_thread() is threading.main_thread() and self.timeout_seconds > 0:
                 with _time_limit(self.timeout_seconds):
                     return fn(*args)
-            self.unbounded += 1
+            self.count("unbounded")
             return fn(*args)
         except TimeoutException:
-            self.timeouts += 1
+            self.count("timeouts")
             return "timeout"
         except Exception:  # noqa: BLE001 - any failure of SymPy on model output is a wrong answer
-            self.errors += 1
+            self.count("errors")
             return "error"
 
     def extract(self, completion: str) -> str | None:
@@ -140,6 +134,6 @@ class MathVerify(Verifier):
         return str(predicted[-1]) if isinstance(predicted, list) and predicted else None
 
     def judge(self, question: str, completion: str, answer: str) -> Verdict:
-        self.checks += 1
+        self.count("checks")
         verdict = self._bounded(self._check, completion, answer)
         return verdict if isinstance(verdict, Verdict) else Verdict(False, verdict)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from k15.data.judging import JUDGE_TEMPLATE, judging_prompt
 from k15.reward.answer import Verdict, Verifier
+from k15.reward.judge_prompt import JUDGE_TEMPLATE, judging_prompt
 
 
 def unknown_characters(tokenizer: PreTrainedTokenizerBase, text: str) -> str:

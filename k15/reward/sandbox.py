@@ -107,6 +107,9 @@ def same_output(actual: str, expected: str) -> bool:
     return normalise(actual) == normalise(expected)
 
 
+VERDICTS = ("ok", "wrong", "timeout", "memory", "runtime_error", "output_limit", "compile_error")
+
+
 def verdict(outcome: Outcome, expected: str, cpu_seconds: float) -> str:
     """The verdict of one run; see the module docstring for the order."""
     if outcome.output_exceeded:

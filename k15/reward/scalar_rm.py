@@ -25,9 +25,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from k15.data.judging import JUDGE_TEMPLATE, JudgingBatch, judging_prompt
+from k15.data.judging import JudgingBatch
 from k15.models import ModelSource
+from k15.optim import check_learning_rates, configured_optimizers, default_optimizer
+from k15.padding import padded_ids
 from k15.reward.answer import Verdict
+from k15.reward.judge_prompt import JUDGE_TEMPLATE, judging_prompt
 from k15.reward.model_judge import ModelJudge, check_template
 
 
@@ -61,12 +64,7 @@ def right_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_token
             f"a judging prompt has {longest} tokens, more than the reward model's max_position_embeddings "
             f"({max_tokens})"
         )
-    input_ids = torch.full((len(rows), longest), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
-    return input_ids, attention_mask
+    return padded_ids(rows, tokenizer.pad_token_id)
 
 
 def reward_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> Tensor:
@@ -74,10 +72,6 @@ def reward_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     device = next(model.parameters()).device
     input_ids, attention_mask = right_padded(tokenizer, texts, model.config.max_position_embeddings)
     return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.squeeze(-1)
-
-
-def default_optimizer(params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-4)
 
 
 class ScalarRMModule(LightningModule):
@@ -103,6 +97,7 @@ class ScalarRMModule(LightningModule):
         prompt_template: str = JUDGE_TEMPLATE,
     ):
         super().__init__()
+        check_learning_rates(optimizer)
         self.source = model
         self.tokenizer = model.tokenizer()
         check_template(self.tokenizer, prompt_template, "ScalarRMModule")
@@ -119,13 +114,7 @@ class ScalarRMModule(LightningModule):
             self.model = sequence_classifier(self.source.model(), self.tokenizer).train()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "step"},
-        }
+        return configured_optimizers(self.model.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
 
     def logits(self, batch: JudgingBatch) -> Tensor:
         texts = [
@@ -160,18 +149,18 @@ class ScalarRMModule(LightningModule):
 class ScalarRM(ModelJudge):
     """A trained scalar reward model as the correctness judge: correct iff σ(s) ≥ ``threshold``.
 
-    One right-padded forward per ``max_batch_size`` responses. In the RL job it runs on the
+    One right-padded forward per ``max_judgements`` responses. In the RL job it runs on the
     policy's device, frozen (see ``k15.reward.model_judge``).
 
     Args:
         path: the ``save_pretrained`` folder ``ScalarRMModule`` exported (model + tokenizer).
         prompt_template: the judging prompt it was trained with.
         threshold: the probability from which a response counts as correct.
-        max_batch_size: most responses scored in one forward.
+        max_judgements: most responses judged in one forward (one judging prompt each).
     """
 
     def __init__(
-        self, path: str, prompt_template: str = JUDGE_TEMPLATE, threshold: float = 0.5, max_batch_size: int = 256
+        self, path: str, prompt_template: str = JUDGE_TEMPLATE, threshold: float = 0.5, max_judgements: int = 256
     ):
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32")
         if model.config.num_labels != 1:
@@ -181,7 +170,7 @@ class ScalarRM(ModelJudge):
             )
         super().__init__(model, AutoTokenizer.from_pretrained(path), prompt_template)
         self.threshold = threshold
-        self.max_batch_size = max_batch_size
+        self.max_judgements = max_judgements
 
     @torch.no_grad()
     def scores(self, questions: list[str], completions: list[str], answers: list[str]) -> Tensor:
@@ -189,7 +178,7 @@ class ScalarRM(ModelJudge):
         texts = self.prompts(questions, completions, answers)
         if not texts:
             return torch.zeros(0)
-        chunks = [texts[i : i + self.max_batch_size] for i in range(0, len(texts), self.max_batch_size)]
+        chunks = [texts[i : i + self.max_judgements] for i in range(0, len(texts), self.max_judgements)]
         return torch.cat([reward_logits(self.model, self.tokenizer, chunk).sigmoid().cpu() for chunk in chunks])
 
     def judge_many(self, questions: list[str], completions: list[str], answers: list[str]) -> list[Verdict]:

@@ -11,26 +11,27 @@ from typing import Any
 from lightning.fabric.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from k15.rollout.engine import Completion, Engine, Request, Sampling
+from k15.generation import Completion, Request, Sampling
+from k15.rollout.engine import Engine
 from k15.rollout.hf import HFEngine
 from k15.rollout.vllm import VLLMEngine, VLLMUnavailable
 
 
 class AutoEngine(Engine):
-    """``VLLMEngine(**vllm)`` if vLLM imports, otherwise ``HFEngine(hf_max_batch_size)``.
+    """``VLLMEngine(**vllm)`` if vLLM imports, otherwise ``HFEngine(hf_max_sequences)``.
 
     Args:
         vllm: ``VLLMEngine``'s arguments (dtype, max_model_len, gpu_memory_utilization, …).
-        hf_max_batch_size: ``HFEngine``'s, for the fallback.
+        hf_max_sequences: ``HFEngine``'s, for the fallback.
     """
 
-    def __init__(self, vllm: dict[str, Any] | None = None, hf_max_batch_size: int = 512):
+    def __init__(self, vllm: dict[str, Any] | None = None, hf_max_sequences: int = 512):
         try:
             self.engine: Engine = VLLMEngine(**(vllm or {}))
             rank_zero_info("AutoEngine: rolling out with vLLM")
         except VLLMUnavailable as error:
             rank_zero_warn(f"AutoEngine: rolling out with Hugging Face generate, because {error}")
-            self.engine = HFEngine(hf_max_batch_size)
+            self.engine = HFEngine(hf_max_sequences)
         self.max_model_len = self.engine.max_model_len
 
     def sync(self, model: nn.Module) -> None:

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from k15.data.encode import concat_model_inputs
-from k15.reward.module import Rewards
+from k15.padding import pad_rows, padded_ids
+from k15.reward.rewards import Rewards
 from k15.rollout.trajectory import Group
 
 
@@ -34,14 +35,17 @@ class Rollout:
         default_factory=list
     )  # [N] each row's extra forward() inputs (pixel_values)
 
-    def to(self, device) -> None:
-        """Move the tensors the update reads to ``device`` (rewards stay where scoring made them)."""
+    def to(self, device) -> Rollout:
+        """Move the tensors the update reads to ``device`` (rewards stay where scoring made them).
+
+        Returns the rollout, as ``Tensor.to`` and ``Module.to`` do."""
         self.input_ids, self.attention_mask, self.loss_mask, self.versions = (
             t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.versions)
         )
         if self.engine_logprobs is not None:
             self.engine_logprobs = self.engine_logprobs.to(device)
         self.model_inputs = [{key: value.to(device) for key, value in row.items()} for row in self.model_inputs]
+        return self
 
     def inputs_for(self, rows: Tensor) -> dict[str, Tensor]:
         """The extra forward() inputs of ``rows``, batched (nothing for text prompts)."""
@@ -59,17 +63,9 @@ def pack_trajectories(groups: list[Group], pad_id: int) -> tuple[Tensor, Tensor,
     engine log-probs (0 elsewhere; None unless every trajectory has them), each [N, T].
     """
     rows = [(g.prompt_ids, t) for g in groups for t in g.trajectories]
-    width = max(len(p) + len(t) for p, t in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    versions = torch.full((len(rows), width), -1, dtype=torch.long)
-    with_logprobs = all(t.logprobs is not None for _, t in rows)
-    engine_logprobs = torch.zeros((len(rows), width)) if with_logprobs else None
-    for n, (p, t) in enumerate(rows):
-        end = len(p) + len(t)
-        input_ids[n, :end] = torch.tensor(p + t.token_ids)
-        attention_mask[n, :end] = 1
-        versions[n, len(p) : end] = torch.tensor(t.versions, dtype=torch.long)
-        if with_logprobs:
-            engine_logprobs[n, len(p) : end] = torch.tensor(t.logprobs)
+    input_ids, attention_mask = padded_ids([p + t.token_ids for p, t in rows], pad_id)
+    versions = pad_rows([[-1] * len(p) + t.versions for p, t in rows], -1)
+    engine_logprobs = None
+    if all(t.logprobs is not None for _, t in rows):
+        engine_logprobs = pad_rows([[0.0] * len(p) + t.logprobs for p, t in rows], 0.0, dtype=torch.float32)
     return input_ids, attention_mask, versions, engine_logprobs

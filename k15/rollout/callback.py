@@ -23,10 +23,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from k15.data.prompts import PromptBatch
 from k15.errors import require_at_least_one
+from k15.generation import Completion, Request, Sampling
 from k15.metrics import log_iteration, shares
 from k15.reward.terms import Responses
 from k15.rollout.batch import Rollout, pack_trajectories
-from k15.rollout.engine import Completion, Engine, Request, Sampling
+from k15.rollout.engine import Engine
 from k15.rollout.repetition import RepeatDetector
 from k15.rollout.trajectory import FINISH_REASONS, UNFINISHED_REASON, Group, ReplayBuffer, Segment, Trajectory
 
@@ -133,7 +134,7 @@ class RolloutCallback(Callback):
             if record is not None:
                 tracked = [n for n, key in enumerate(batch.rollout.keys) if key is not None]
                 record([batch.rollout.keys[n] for n in tracked], batch.rollout.rewards.correct[tracked])
-            batch.rollout.to(pl_module.device)
+            batch.rollout = batch.rollout.to(pl_module.device)
         self._log(trainer, pl_module, batch.rollout, synced - start, time.perf_counter() - synced, iteration)
 
     def first_seed(self, iteration: int, rank: int = 0, world_size: int = 1) -> int:
@@ -156,12 +157,12 @@ class RolloutCallback(Callback):
             )
         ]
         groups = self.buffer.take() + fresh
-        self.extend(groups, iteration, first_seed)
+        self.sample_segments(groups, iteration, first_seed)
         self.buffer.put([g for g in groups if not g.finished])
         finished = [g for g in groups if g.finished]
         return self.score(finished, tokenizer, reward, iteration) if finished else None
 
-    def extend(self, groups: list[Group], iteration: int, first_seed: int) -> None:
+    def sample_segments(self, groups: list[Group], iteration: int, first_seed: int) -> None:
         """Generate one segment, of ≤ segment_tokens, for every unfinished trajectory."""
         budget = min(self.segment_tokens or self.max_new_tokens, self.max_new_tokens)
         requests, targets = [], []
@@ -254,6 +255,11 @@ class RolloutCallback(Callback):
             "rollout/buffer_trajectories": float(self.buffer.unfinished_trajectories),
             "rollout/groups_finished": 0.0 if rollout is None else float(len(rollout.prompts)),
         } | shares(self.segment_outcomes, FINISH_REASONS, "rollout/finish_")
+        counts = pl_module.reward.verifier_counts()
+        if counts:  # summed over ranks: every rank judges its own share of the prompts
+            values = torch.tensor(list(counts.values()), dtype=torch.float64, device=pl_module.device)
+            summed = trainer.strategy.reduce(values, reduce_op="sum")
+            metrics |= dict(zip(counts, summed.tolist(), strict=True))
         if rollout is not None:
             lengths = rollout.completion_lengths.float()
             completion = rollout.versions >= 0

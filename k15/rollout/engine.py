@@ -1,62 +1,15 @@
 """The rollout engine interface: token-id requests in, sampled completions out.
 
 Engines are swapped in YAML (``engine: {class_path: k15.rollout.HFEngine}``); the rollout
-callback, evaluation and benchmarks only see this interface.
+callback and benchmarks only see this interface. Requests, sampling settings and completions are
+``k15.generation``'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from torch import nn
 
-from torch import Tensor, nn
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to sample. ``temperature = 0`` means greedy.
-
-    ``samples_per_prompt`` and ``max_new_tokens`` apply to ``Engine.generate`` (the same for every
-    prompt); ``Engine.sample`` takes them per request.
-    """
-
-    samples_per_prompt: int = 1
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()  # stop at these as at <eos> (kept in the completion)
-    banned_token_ids: tuple[int, ...] = ()  # never sampled, e.g. a vision model's image placeholder
-
-
-@dataclass(frozen=True)
-class Request:
-    """Sample ``samples`` continuations of ``token_ids``, each at most ``max_new_tokens`` long.
-
-    A partial rollout resubmits prompt + the tokens generated so far as ``token_ids``.
-    An image prompt carries its images twice, once in each engine's form
-    (``k15.data.encode.encode_prompt``): encoded ``images``, which vLLM preprocesses itself, and
-    the processor's ``model_inputs`` (``pixel_values``), which the HF model's forward takes.
-    ``token_ids`` then already hold the expanded image tokens.
-    """
-
-    token_ids: list[int]
-    samples: int = 1
-    max_new_tokens: int = 64
-    images: list[bytes] = field(default_factory=list)
-    model_inputs: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class Completion:
-    """One generated continuation. ``token_ids`` include the stop token when one was produced.
-
-    finish_reason: ``stop`` (produced <eos>) or ``length`` (hit its request's max_new_tokens).
-    logprobs: the engine's log-prob of each generated token, where the engine reports them.
-    """
-
-    token_ids: list[int]
-    finish_reason: str
-    logprobs: list[float] | None = None
+from k15.generation import Completion, Request, Sampling
 
 
 class Engine:

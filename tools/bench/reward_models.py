@@ -30,12 +30,11 @@ from timing import median_seconds
 from torchmetrics.functional.classification import binary_auroc
 
 from k15.data.shards import read_records, shard_urls
+from k15.generation import Request, Sampling, hf_sample
 from k15.models import Pretrained
 from k15.reward.answer import FinalAnswerMatch, Verifier
 from k15.reward.generative_rm import GenerativeRM
 from k15.reward.scalar_rm import ScalarRM
-from k15.rollout.engine import Request, Sampling
-from k15.rollout.hf import hf_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 

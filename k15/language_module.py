@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 
-import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import PreTrainedModel
@@ -13,11 +11,11 @@ from transformers import PreTrainedModel
 from k15.data.prompts import PromptBatch
 from k15.errors import require_at_least_one
 from k15.finite import FiniteGuard, require_finite_weights
+from k15.generation import Request, Sampling, hf_sample
 from k15.models import ModelSource
+from k15.optim import check_learning_rates, configured_optimizers, default_optimizer
 from k15.reward import RewardModule
 from k15.rng import restore_rng_states, rng_states
-from k15.rollout.engine import Request, Sampling
-from k15.rollout.hf import hf_sample
 from k15.signals import CheckpointOnSignal
 
 
@@ -28,18 +26,6 @@ def shard_decoder(model: PreTrainedModel, mesh) -> None:
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-
-
-def default_optimizer(params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=3e-5)
-
-
-def check_learning_rates(optimizer: OptimizerCallable) -> None:
-    """Build ``optimizer`` on a stand-in parameter, so a bad learning rate is a config error at start-up."""
-    probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
-    for group in probe.param_groups:
-        if not (math.isfinite(group["lr"]) and group["lr"] > 0):
-            raise ValueError(f"model.optimizer: the learning rate must be a finite number > 0, got {group['lr']}")
 
 
 class LanguageModule(LightningModule):
@@ -118,11 +104,7 @@ class LanguageModule(LightningModule):
         return self.trainer.strategy.reduce_boolean_decision(ok, all=True)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configured_optimizers(self.model.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         requests = [
@@ -135,3 +117,6 @@ class LanguageModule(LightningModule):
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct, _ = self.reward.judge(batch.prompts, texts, batch.answers)
         self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)
+        # taken here, so the next RL iteration's reward/verifier/* count that iteration's responses only
+        counts = {key: float(n) for key, n in self.reward.verifier_counts("heldout/verifier/").items()}
+        self.log_dict(counts, batch_size=len(batch), reduce_fx="sum", sync_dist=True)

@@ -79,6 +79,10 @@ class RewardModule(LightningModule):
         verdicts = self.verifier.judge_many(questions, completions, answers)
         return torch.tensor([float(v.correct) for v in verdicts]), [v.reason for v in verdicts]
 
+    def verifier_counts(self, prefix: str = "reward/verifier/") -> dict[str, int]:
+        """``{prefix}<name>``: what the verifier counted since the last call (``Verifier.take_counts``)."""
+        return {f"{prefix}{name}": n for name, n in self.verifier.take_counts().items()}
+
     def forward(self, responses: Responses) -> Rewards:
         correct, why = self.judge(responses.questions, responses.completions, responses.answers)
         correct = correct.view(-1, responses.k)
