@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from k15.data.shards import read_records, shard_urls
 from k15.reward.code import CodeTests, parse_test_cases
-from k15.reward.sandbox import Sandbox, normalise
+from k15.reward.sandbox import Sandbox, canonical_output
 from k15.reward.sandbox import TestCase as Case  # not collected as a test class
 from k15.reward.testgen import (
     Problem,
@@ -42,7 +42,7 @@ def test_majority_is_an_unrivalled_output_of_at_least_ceil_fraction_n_solutions(
     counts = {}
     for o in outs:
         if o is not None:  # a failed solution is in n but votes for nothing
-            counts[normalise(o)] = counts.get(normalise(o), 0) + 1
+            counts[canonical_output(o)] = counts.get(canonical_output(o), 0) + 1
     need = max(1, math.ceil(fraction * len(outs)))  # exact: fraction is a Fraction here
     winners = [o for o, c in counts.items() if c >= need and c == max(counts.values())]
     assert majority_output(outs, float(fraction)) == (winners[0] if len(winners) == 1 else None)

@@ -29,8 +29,8 @@ Writes OUT/train-%06d.tar.gz (the input schema, images under their member names,
 origin_key = the input record's pool key) and OUT/report.json (counts in, kept, dropped
 per reason, difficulty histograms before/after, pass-rate histogram, seconds per step, and
 every dropped record with its reason); prints the report as one JSON line with the
-per-record list cut to its first 20. The same inputs, --seed and engine give the same
-output.
+per-record list cut to its first 20 (the sampling passes' progress bars go to stderr).
+The same inputs, --seed and engine give the same output.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from collections import Counter
 from pathlib import Path
 
 import webdataset as wds
+from tqdm import tqdm
 
 from k15.data.curate import (
     UNEVALUABLE_KINDS,
-    MinHash,
     closed_set_prompts,
     difficulty_from_pass_rate,
     find_duplicates,
@@ -55,14 +55,14 @@ from k15.data.curate import (
 )
 from k15.data.encode import encode_prompt
 from k15.data.pool import load_pool
-from k15.data.shards import shard_urls
+from k15.data.shards import pool_key, shard_urls
 from k15.models import Pretrained
 from k15.reward import FinalAnswerMatch
 from k15.rollout import AutoEngine, HFEngine, Request, Sampling
 
 REASONS = ("exact_duplicate", "near_duplicate", *UNEVALUABLE_KINDS, "closed_set")
 REASONS += ("easy_to_hack", "solved", "unsolved")
-# prompts per engine call: a progress line each; the samples do not depend on it
+# prompts per engine call, a step of the progress bar; the samples do not depend on it
 PROMPTS_PER_CALL = 1024
 SHOWN_DROPPED = 20
 
@@ -114,7 +114,7 @@ def raw_members(urls: list[str], keys: set[str]) -> dict[str, dict[str, bytes]]:
     )
     members = {}
     for sample in samples:
-        key = f"{Path(sample['__url__']).name}:{sample['__key__']}"  # load_pool's key
+        key = pool_key(sample)
         if key in keys:
             members[key] = {k: v for k, v in sample.items() if not k.startswith("__")}
     return members
@@ -122,9 +122,8 @@ def raw_members(urls: list[str], keys: set[str]) -> dict[str, dict[str, bytes]]:
 
 def rule_filters(args, keys, prompts, answers, images) -> dict[int, dict]:
     """Steps 1–2: {record index: {"reason": …, "duplicate_of": key}} of the dropped."""
-    minhash = MinHash(shingle_chars=args.shingle_chars)
-    near = (args.near_threshold, minhash, args.image_near_duplicates)
-    duplicates = find_duplicates(prompts, answers, images, *near)
+    near = {"threshold": args.near_threshold, "shingle_chars": args.shingle_chars}
+    duplicates = find_duplicates(prompts, answers, images, **near, image_near=args.image_near_duplicates)
     dropped = {i: {"reason": r, "duplicate_of": keys[j]} for i, (r, j) in duplicates.items()}
     alive = [i for i in range(len(prompts)) if i not in dropped]
     kinds = tuple(k for k in UNEVALUABLE_KINDS if k not in args.keep_kinds)
@@ -147,10 +146,11 @@ class Judge:
         self.engine, self.tokenizer, self.processor = engine, tokenizer, processor
         self.verifier, self.seed = FinalAnswerMatch(marker), seed
 
-    def correct(self, prompts, answers, images, samples, max_new_tokens, temperature, suffix=""):
+    def correct(self, desc, prompts, answers, images, samples, max_new_tokens, temperature, suffix=""):
         """[P] correct completions of prompt + ``suffix``, each read as suffix + completion
-        (so the marker a no-CoT prompt ends with is seen by the verifier)."""
-        counts = []
+        (so the marker a no-CoT prompt ends with is seen by the verifier); ``desc`` names the
+        pass on the progress bar (stderr: stdout is the report)."""
+        counts, progress = [], tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr)
         for start in range(0, len(prompts), PROMPTS_PER_CALL):
             chunk = range(start, min(start + PROMPTS_PER_CALL, len(prompts)))
             encoded = [encode_prompt(prompts[p] + suffix, images[p], self.tokenizer, self.processor) for p in chunk]
@@ -161,7 +161,8 @@ class Judge:
             for p, group in zip(chunk, groups, strict=True):
                 texts = self.tokenizer.batch_decode([c.token_ids for c in group], skip_special_tokens=True)
                 counts.append(sum(self.verifier(suffix + t, answers[p]) for t in texts))
-            print(f"{len(counts)}/{len(prompts)} prompts", file=sys.stderr, flush=True)
+            progress.update(len(chunk))
+        progress.close()
         return counts
 
 
@@ -179,15 +180,14 @@ def model_filters(args, source, prompts, answers, images) -> tuple[dict[int, dic
     engine.sync(source.model())
     judge = Judge(engine, tokenizer, processor, args.marker, args.seed)
     started = time.perf_counter()
-    print("easy to hack: no-CoT samples", file=sys.stderr)
     hack = (args.hack_tries, args.no_cot_max_new_tokens, args.hack_temperature)
-    hacked = judge.correct(prompts, answers, images, *hack, suffix=args.no_cot_suffix)
+    hacked = judge.correct("easy to hack: no-CoT samples", prompts, answers, images, *hack, suffix=args.no_cot_suffix)
     dropped = {p: {"reason": "easy_to_hack", "correct_tries": c} for p, c in enumerate(hacked) if c}
     left = [p for p in range(len(prompts)) if p not in dropped]
     hacked_at = time.perf_counter()
-    print("pass rate: CoT samples", file=sys.stderr)
     cot = (args.pass_samples, args.max_new_tokens, args.temperature)
-    passed = judge.correct(*([column[p] for p in left] for column in (prompts, answers, images)), *cot)
+    columns = ([column[p] for p in left] for column in (prompts, answers, images))
+    passed = judge.correct("pass rate: CoT samples", *columns, *cot)
     seconds = {
         "easy_to_hack": hacked_at - started,
         "pass_rate": time.perf_counter() - hacked_at,

@@ -11,7 +11,8 @@ test (k15/reward/testgen.py has the rules). Kept problems go to ``<out>/train-00
     {"prompt": statement + INSTRUCTION, "answer": JSON [{"stdin", "expected"}, …], "difficulty": 1..5,
      "name": the problem's folder, "domain": "code", "source": "k15.problems"}
 
-A line per problem reports what happened; the last line is one JSON object with the totals.
+A line per problem reports what happened; the last line is one JSON object with the totals (both on stdout; a
+progress bar over the problems goes to stderr).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from k15.data.shards import write_shards
 from k15.reward.sandbox import Sandbox, TestCase
@@ -66,9 +70,9 @@ def main() -> None:
     start, sandbox = time.monotonic(), Sandbox(workers=args.workers)
     splits: dict[str, list[dict]] = {"train": [], "heldout": []}
     reports = []
-    for problem in load_problems(args.problems):
+    for problem in tqdm(load_problems(args.problems), desc="problems", unit="problem"):
         tests, report = generate_tests(problem, sandbox, args.inputs, args.agree, args.min_pass, args.seed)
-        print(describe(report), flush=True)
+        tqdm.write(describe(report), file=sys.stdout)  # above the bar, which tqdm redraws
         reports.append(report)
         if report.kept:
             splits[problem.split].append(record(problem, tests))

@@ -48,7 +48,7 @@ def load_pool(
         if problem:
             pool.skipped[problem] += 1
             continue
-        pool.keys.append(record["__key__"])  # "<shard file>:<sample key>": stable across checkouts
+        pool.keys.append(record["__key__"])  # k15.data.shards.pool_key: stable across checkouts
         pool.prompts.append(record["prompt"])
         pool.answers.append(str(record["answer"]))
         pool.difficulties.append(record["difficulty"])

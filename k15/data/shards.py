@@ -161,6 +161,12 @@ def shard_samples(url: str, skipped: Counter) -> Iterator[dict]:
         skipped["corrupt_shard"] += 1
 
 
+def pool_key(sample: dict) -> str:
+    """A sample's key: ``"<shard file name>:<sample key>"``. The shard's folder is left out so the
+    key is stable across checkouts and copies; the pool, curation reports and origin_key use it."""
+    return f"{Path(sample['__url__']).name}:{sample['__key__']}"
+
+
 def sample_record(sample: dict, fields: dict[str, tuple[type, ...]], check_images: bool) -> dict | str:
     """The sample's record (with ``images`` and ``__key__``), or the reason to skip it."""
     try:
@@ -175,7 +181,7 @@ def sample_record(sample: dict, fields: dict[str, tuple[type, ...]], check_image
     images = sample_images(sample)
     if check_images and not all(image_decodes(data) for data in images):
         return "bad_image"
-    return record | {"images": images, "__key__": f"{Path(sample['__url__']).name}:{sample['__key__']}"}
+    return record | {"images": images, "__key__": pool_key(sample)}
 
 
 def shard_records(

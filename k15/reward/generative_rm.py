@@ -12,7 +12,8 @@ The verdict is the last JSON object in the output that has a ``correct`` key, re
 from __future__ import annotations
 
 import json
-import re
+
+import json_repair
 
 from k15.generation import Request, Sampling, hf_sample
 from k15.models import ModelSource
@@ -22,10 +23,6 @@ from k15.reward.model_judge import ModelJudge
 
 TRUE_WORDS = {"true", "yes", "y", "correct", "1"}
 FALSE_WORDS = {"false", "no", "n", "incorrect", "wrong", "0"}
-SINGLE_QUOTED = re.compile(r"'([^'\\]*)'")
-BARE_KEY = re.compile(r"([{,]\s*)([A-Za-z_]\w*)(\s*:)")
-PYTHON_LITERAL = re.compile(r"\b(True|False|None)\b")
-TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
 def as_bool(value) -> bool | None:
@@ -40,23 +37,10 @@ def as_bool(value) -> bool | None:
     return None
 
 
-def lenient_object(block: str) -> dict | None:
-    """A flat ``{…}`` as a dict, tolerating single quotes, bare keys, Python's True/False/None and
-    trailing commas; None if it still is not a JSON object."""
-    text = SINGLE_QUOTED.sub(lambda m: json.dumps(m.group(1)), block)
-    text = BARE_KEY.sub(r'\1"\2"\3', text)
-    text = PYTHON_LITERAL.sub(lambda m: {"True": "true", "False": "false", "None": "null"}[m.group(1)], text)
-    text = TRAILING_COMMA.sub(r"\1", text)
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def object_at(text: str, start: int) -> dict | None:
     """The JSON object that starts at ``text[start] == "{"``: strict JSON first (nested values and
-    braces inside strings allowed), else the flat block up to the next ``}`` read leniently."""
+    braces inside strings allowed), else the flat block up to the next ``}`` as ``json-repair``
+    mends it (single quotes, bare keys, Python's True/False/None, trailing commas)."""
     try:
         value, _ = json.JSONDecoder().raw_decode(text, start)
         return value if isinstance(value, dict) else None
@@ -65,7 +49,8 @@ def object_at(text: str, start: int) -> dict | None:
     end = text.find("}", start)
     if end < 0 or "{" in text[start + 1 : end]:
         return None
-    return lenient_object(text[start : end + 1])
+    value = json_repair.loads(text[start : end + 1])
+    return value if isinstance(value, dict) else None
 
 
 def parse_verdict(text: str, key: str = "correct") -> bool | None:

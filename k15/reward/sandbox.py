@@ -98,13 +98,13 @@ class Result:
         raise ValueError(f"unknown reward mode {mode!r}")
 
 
-def normalise(text: str) -> str:
+def canonical_output(text: str) -> str:
     """Trailing whitespace of each line and trailing blank lines removed."""
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
 
 
 def same_output(actual: str, expected: str) -> bool:
-    return normalise(actual) == normalise(expected)
+    return canonical_output(actual) == canonical_output(expected)
 
 
 VERDICTS = ("ok", "wrong", "timeout", "memory", "runtime_error", "output_limit", "compile_error")

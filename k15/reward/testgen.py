@@ -5,7 +5,7 @@ optional ``split: heldout``), ``generator.py`` and ``solutions/*.py``, n referen
 generator reads one integer seed on stdin and prints one test input; it is run N times with seeds
 ``seed·10⁶ + i``, i = 0..N−1 (repeated inputs are kept once). Every solution is then run on every
 input in the Sandbox; o_{s,x} is solution s's stdout on input x, or ∅ when it crashed, timed out or
-ran out of memory. Outputs are compared after ``normalise`` (trailing whitespace ignored).
+ran out of memory. Outputs are compared after ``canonical_output`` (trailing whitespace ignored).
 
     agree(x)    = max_o #{s : o_{s,x} = o ≠ ∅}
     keep x      ⇔ agree(x) ≥ ⌈α·n⌉                       α = 0.7: 7 of 10 solutions agree
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from k15.reward.sandbox import Result, Sandbox, TestCase, normalise, same_output
+from k15.reward.sandbox import Result, Sandbox, TestCase, canonical_output, same_output
 
 FINISHED = ("ok", "wrong")  # the program exited cleanly; its stdout is its answer
 SEED_STRIDE = 10**6  # seeds of different --seed values never overlap for N < 10⁶
@@ -65,10 +65,10 @@ def required(fraction: float, n: int) -> int:
 
 
 def majority_output(outputs: list[str | None], min_agree: float) -> str | None:
-    """The normalised output that ≥ ⌈min_agree·n⌉ of the n solutions printed, or None.
+    """The canonical output that ≥ ⌈min_agree·n⌉ of the n solutions printed, or None.
 
     ``None`` in ``outputs`` is a solution that failed on this input: it counts in n, never in a vote."""
-    votes = Counter(normalise(o) for o in outputs if o is not None).most_common(2)
+    votes = Counter(canonical_output(o) for o in outputs if o is not None).most_common(2)
     if not votes or votes[0][1] < required(min_agree, len(outputs)):
         return None
     if len(votes) == 2 and votes[1][1] == votes[0][1]:
