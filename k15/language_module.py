@@ -41,6 +41,8 @@ class LanguageModule(LightningModule):
         heldout_max_new_tokens: generation length for held-out evaluation.
         max_skipped_steps_in_a_row: optimizer steps with a non-finite loss (or gradient norm) are
             dropped and counted (``train/skipped_steps``); this many in a row stop the run (exit 1).
+        logprob_chunk_tokens: the LM head scores this many positions at a time (``k15.logprobs``):
+            the trainer never holds more than a few [chunk, vocabulary] fp32 tensors.
     """
 
     def __init__(
@@ -51,10 +53,14 @@ class LanguageModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         heldout_max_new_tokens: int = 64,
         max_skipped_steps_in_a_row: int = 3,
+        logprob_chunk_tokens: int = 1024,
     ):
         super().__init__()
         check_learning_rates(optimizer)
-        require_at_least_one("model", heldout_max_new_tokens=heldout_max_new_tokens)
+        require_at_least_one(
+            "model", heldout_max_new_tokens=heldout_max_new_tokens, logprob_chunk_tokens=logprob_chunk_tokens
+        )
+        self.logprob_chunk_tokens = logprob_chunk_tokens
         self.source = model
         self.processor = model.processor()  # None for a text-only model
         self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()

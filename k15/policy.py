@@ -32,8 +32,8 @@ class PolicyModule(LanguageModule):
     """The trained policy π_θ, the rollouts it learns from, and its loss.
 
     Args:
-        model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row:
-            see ``LanguageModule``.
+        model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row,
+            logprob_chunk_tokens: see ``LanguageModule``.
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
         loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …; None: ``KimiLoss(tau=0.5)``).
@@ -68,8 +68,17 @@ class PolicyModule(LanguageModule):
         micro_batch_tokens: int | None = None,
         max_skipped_steps_in_a_row: int = 3,
         seed: int = 0,
+        logprob_chunk_tokens: int = 1024,
     ):
-        super().__init__(model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row)
+        super().__init__(
+            model,
+            reward,
+            optimizer,
+            lr_scheduler,
+            heldout_max_new_tokens,
+            max_skipped_steps_in_a_row,
+            logprob_chunk_tokens,
+        )
         self.rollout = rollout
         require_at_least_one(
             "model",
@@ -124,6 +133,12 @@ class PolicyModule(LanguageModule):
         return super().configure_callbacks() + [self.rollout]
 
     @property
+    def sampling_temperature(self) -> float:
+        """τ of the distribution the rollouts are drawn from: the update scores log softmax(logits / τ),
+        the policy that acted, so the gradient is on-policy at any temperature (greedy counts as τ = 1)."""
+        return self.rollout.temperature or 1.0
+
+    @property
     def iteration(self) -> int:
         """Index i of the current RL iteration (restored on resume)."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
@@ -139,7 +154,14 @@ class PolicyModule(LanguageModule):
         ref_logp = (
             None
             if from_first_step
-            else self.reference(self.model, rollout.input_ids, rollout.attention_mask, rollout.inputs_for)
+            else self.reference(
+                self.model,
+                rollout.input_ids,
+                rollout.attention_mask,
+                rollout.inputs_for,
+                self.sampling_temperature,
+                self.logprob_chunk_tokens,
+            )
         )
         stats = update_policy(
             self.model,
@@ -157,6 +179,8 @@ class PolicyModule(LanguageModule):
             scheduler=self.lr_schedulers(),
             backward=self.manual_backward,
             agree=self.agree,
+            temperature=self.sampling_temperature,
+            chunk_tokens=self.logprob_chunk_tokens,
         )
         metrics = {
             "train/loss": torch.stack(stats.step_losses).mean(),
@@ -164,6 +188,7 @@ class PolicyModule(LanguageModule):
             "train/log_ratio_abs_max": stats.log_ratios.abs().max(),
             "train/advantage_abs_mean": stats.advantages.abs().mean(),
             "train/grad_norm": max(stats.grad_norms),
+            "train/entropy": stats.entropy,
             "train/skipped_steps": float(self.guard.skipped),
         }
         sampled_now = (rollout.versions == self.iteration).float()  # older segments came from older weights

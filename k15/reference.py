@@ -43,8 +43,11 @@ class ReferenceModule(LightningModule):
         input_ids: Tensor,
         attention_mask: Tensor,
         model_inputs: Callable[[Tensor], dict[str, Tensor]] = lambda rows: {},
+        temperature: float = 1.0,
+        chunk_tokens: int = 1024,
     ) -> Tensor:
-        """[N, T] log-probs; ``model_inputs(rows)`` gives those rows' extra forward inputs (pixel_values)."""
+        """[N, T] log-probs; ``model_inputs(rows)`` gives those rows' extra forward inputs (pixel_values);
+        ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``."""
         scorer = self.initial if self.mode == "initial" else policy
         lengths = attention_mask.sum(dim=1)
         out = torch.zeros(input_ids.shape, device=input_ids.device)
@@ -53,6 +56,11 @@ class ReferenceModule(LightningModule):
         for rows in lengths.argsort(descending=True).split(self.trajectories_per_pass):
             width = int(lengths[rows].max())
             out[rows, :width] = token_logprobs(
-                scorer, input_ids[rows, :width], attention_mask[rows, :width], **model_inputs(rows)
+                scorer,
+                input_ids[rows, :width],
+                attention_mask[rows, :width],
+                temperature,
+                chunk_tokens,
+                **model_inputs(rows),
             )
         return out

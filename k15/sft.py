@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from k15.data.sft import SFTBatch
+from k15.data.sft import IGNORE_INDEX, SFTBatch
 from k15.language_module import LanguageModule
+from k15.logprobs import token_logprobs
 from k15.metrics import log_iteration
 
 
@@ -14,9 +15,15 @@ class SFTModule(LanguageModule):
     """
 
     def training_step(self, batch: SFTBatch, batch_idx: int):
-        loss = self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, **batch.model_inputs
-        ).loss
+        logp = token_logprobs(
+            self.model,
+            batch.input_ids,
+            batch.attention_mask,
+            chunk_tokens=self.logprob_chunk_tokens,
+            **batch.model_inputs,
+        )
+        trained = batch.labels != IGNORE_INDEX  # the solution and <eos>
+        loss = -(logp * trained).sum() / trained.sum().clamp(min=1)  # mean token cross-entropy
         step = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
         if not self.guard.allows(loss, agree=self.agree):
             log_iteration(self.trainer, {"train/skipped_steps": self.guard.skipped}, step)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from k15.finite import FiniteGuard
-from k15.logprobs import token_logprobs
+from k15.logprobs import token_scores
 from k15.losses import PolicyLoss, sequence_log_ratio
 from k15.microbatch import micro_batches
 from k15.rollout.batch import Rollout
@@ -35,6 +35,7 @@ class UpdateStats:
     log_ratios: Tensor  # ℓ_j as each micro-batch's loss saw it (0 on the first pass, where θ = θ_i)
     grad_norms: list[float]  # before clipping, one per attempted step
     skipped_steps: int  # dropped as non-finite
+    entropy: Tensor  # mean H_t over the trained tokens of every micro-batch (each at its own θ)
 
 
 def gradient_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
@@ -64,11 +65,14 @@ def update_policy(
     scheduler=None,
     backward: Callable[[Tensor], None] = Tensor.backward,
     agree: Callable[[bool], bool] = lambda ok: ok,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
 ) -> UpdateStats:
     """Take ``passes`` passes of steps over ``rollout``'s trajectories; see the module docstring.
 
     ``backward`` and ``agree`` let a strategy take part (Lightning's ``manual_backward``; every
     rank's finite/not-finite decision combined, so sharded ranks step or skip together).
+    ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``.
     """
     n = len(rollout.input_ids)
     rows_per_step = trajectories_per_step or n
@@ -84,6 +88,7 @@ def update_policy(
     parameters = [p for group in raw.param_groups for p in group["params"]]
     lengths = rollout.attention_mask.sum(dim=1)
     step_losses, log_ratios, grad_norms, skipped = [], [], [], 0
+    entropy_sum = trained_tokens = torch.zeros((), device=ref_logp.device)
     for _ in range(passes):
         for rows in torch.randperm(n, generator=generator).to(ref_logp.device).split(rows_per_step):
             raw.zero_grad()
@@ -95,7 +100,9 @@ def update_policy(
                     rollout.attention_mask[mb, :width],
                     rollout.loss_mask[mb, :width],
                 )
-                logp = token_logprobs(model, ids, mask, **rollout.inputs_for(mb))
+                logp, entropy = token_scores(model, ids, mask, temperature, chunk_tokens, **rollout.inputs_for(mb))
+                entropy_sum = entropy_sum + (entropy.detach() * in_loss).sum()
+                trained_tokens = trained_tokens + in_loss.sum()
                 if reference_from_first_step:
                     ref_logp[mb, :width] = logp.detach()
                 part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.micro_batch_weight(
@@ -115,4 +122,5 @@ def update_policy(
             else:
                 skipped += 1
             raw.zero_grad()
-    return UpdateStats(ref_logp, advantages, step_losses, torch.cat(log_ratios), grad_norms, skipped)
+    entropy = entropy_sum / trained_tokens.clamp(min=1)
+    return UpdateStats(ref_logp, advantages, step_losses, torch.cat(log_ratios), grad_norms, skipped, entropy)

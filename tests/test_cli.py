@@ -1,13 +1,14 @@
 """The real CLI on the real configs: both tiny stages, an overlay, resume, print_config, bad configs."""
 
 import json
+import math
 import os
 
 import pytest
 import torch
 import yaml
 from k15_cli import CONF, SMALL_MODEL, SMALL_RL, checkpoint_weights, data_args, exported_weights, k15, scalars
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +87,9 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
     ):
         assert tag in logged, tag
     assert len(logged["rollout/reward"]) == 3
+    # the policy's entropy over the trained tokens: positive, below log V (uniform over the vocabulary)
+    vocab = len(AutoTokenizer.from_pretrained(sft_run / "runs/tiny_sft/hf"))
+    assert all(0 < s.value < math.log(vocab) for s in logged["train/entropy"]) and len(logged["train/entropy"]) == 3
     # the reward's breakdown: each term's weighted part, and the share of each reason
     shares = [
         logged[f"reward/correct/{why}"][-1].value
