@@ -19,6 +19,14 @@ from k15.rng import restore_rng_states, rng_states
 from k15.signals import CheckpointOnSignal
 
 
+def checkpoint_decoder_layers(model: PreTrainedModel) -> None:
+    """Activation checkpointing per decoder layer: a layer keeps only its input for backward and
+    recomputes the rest there (non-reentrant, so it composes with FSDP2's per-layer sharding).
+    Memory for activations then grows with layers × tokens × hidden instead of all intermediates;
+    one extra forward of the layers is the price. Applies in train mode only (not to generation)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def shard_decoder(model: PreTrainedModel, mesh) -> None:
     """FSDP2: shard each decoder layer, then the rest (embeddings, norm, tied head) at the root."""
     from torch.distributed.fsdp import fully_shard
@@ -43,6 +51,8 @@ class LanguageModule(LightningModule):
             dropped and counted (``train/skipped_steps``); this many in a row stop the run (exit 1).
         logprob_chunk_tokens: the LM head scores this many positions at a time (``k15.logprobs``):
             the trainer never holds more than a few [chunk, vocabulary] fp32 tensors.
+        activation_checkpointing: recompute each decoder layer in backward instead of keeping
+            its activations (``checkpoint_decoder_layers``): long contexts' memory for one more forward.
     """
 
     def __init__(
@@ -54,6 +64,7 @@ class LanguageModule(LightningModule):
         heldout_max_new_tokens: int = 64,
         max_skipped_steps_in_a_row: int = 3,
         logprob_chunk_tokens: int = 1024,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         check_learning_rates(optimizer)
@@ -61,6 +72,7 @@ class LanguageModule(LightningModule):
             "model", heldout_max_new_tokens=heldout_max_new_tokens, logprob_chunk_tokens=logprob_chunk_tokens
         )
         self.logprob_chunk_tokens = logprob_chunk_tokens
+        self.activation_checkpointing = activation_checkpointing
         self.source = model
         self.processor = model.processor()  # None for a text-only model
         self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()
@@ -90,6 +102,8 @@ class LanguageModule(LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.source.model().train()  # from_pretrained returns eval mode
+            if self.activation_checkpointing:
+                checkpoint_decoder_layers(self.model)
             if self._device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel mesh
                 shard_decoder(self.model, self._device_mesh["data_parallel"])
 

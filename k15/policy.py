@@ -33,7 +33,7 @@ class PolicyModule(LanguageModule):
 
     Args:
         model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row,
-            logprob_chunk_tokens: see ``LanguageModule``.
+            logprob_chunk_tokens, activation_checkpointing: see ``LanguageModule``.
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
         loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …; None: ``KimiLoss(tau=0.5)``).
@@ -69,6 +69,7 @@ class PolicyModule(LanguageModule):
         max_skipped_steps_in_a_row: int = 3,
         seed: int = 0,
         logprob_chunk_tokens: int = 1024,
+        activation_checkpointing: bool = False,
     ):
         super().__init__(
             model,
@@ -78,6 +79,7 @@ class PolicyModule(LanguageModule):
             heldout_max_new_tokens,
             max_skipped_steps_in_a_row,
             logprob_chunk_tokens,
+            activation_checkpointing,
         )
         self.rollout = rollout
         require_at_least_one(

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k15.data.arithmetic import ALPHABET
+from k15.language_module import checkpoint_decoder_layers
 from k15.logprobs import ChunkedHeadScores, token_scores
 from k15.models import TinyQwen2, TinyVLM
 
@@ -106,3 +107,15 @@ def test_a_vision_model_scores_through_its_image_tokens():
     logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, :-1].float()
     want = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     assert torch.allclose(ours.logp[:, 1:], want, atol=1e-5)
+
+
+def test_activation_checkpointing_changes_no_gradient():
+    """Per-layer recomputation in backward: the same log-probs and gradients, only less kept."""
+    model = tiny(tied=True)
+    ids = torch.randint(4, len(ALPHABET) + 4, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    plain = gradients(model, token_scores(model, ids, mask, 1.0, 5).logp.sum())
+    checkpoint_decoder_layers(model)
+    assert model.is_gradient_checkpointing
+    checkpointed = gradients(model.train(), token_scores(model, ids, mask, 1.0, 5).logp.sum())
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(plain, checkpointed, strict=True))

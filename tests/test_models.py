@@ -45,6 +45,14 @@ def test_folder_loads_with_transformers_auto_classes(tiny_dir):
     torch.testing.assert_close(model(ids).logits, source.model()(ids).logits)
 
 
+def test_dtype_and_attention_kernel_come_from_the_config(tiny_dir):
+    source = Pretrained(str(tiny_dir), dtype="bfloat16", attn_implementation="eager")
+    model = source.model()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config._attn_implementation == "eager"
+    assert Pretrained(str(tiny_dir)).model().dtype == torch.float32  # exact fp32 unless asked
+
+
 def test_missing_folder_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="Pretrained.path"):
         Pretrained(str(tmp_path / "nothing"))

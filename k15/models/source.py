@@ -12,6 +12,7 @@ sharding strategy can build it in place.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from transformers import (
     AutoConfig,
@@ -52,15 +53,26 @@ class Pretrained(ModelSource):
 
     Args:
         path: the folder.
+        dtype: the weights' dtype once loaded (``auto``: as saved); fp32 is exact on CPUs, bf16
+            halves a GPU's weight memory.
+        attn_implementation: transformers' attention kernel (``sdpa``, ``flash_attention_2``,
+            ``eager``; None: transformers' default for the model and machine).
     """
 
-    def __init__(self, path: str):
+    def __init__(
+        self,
+        path: str,
+        dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
+        attn_implementation: str | None = None,
+    ):
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(
                 f"Pretrained.path: no model at {path!r} (expected a save_pretrained folder with "
                 "config.json; for the tiny recipe run `python -m k15 fit -c conf/tiny_sft.yaml` first)"
             )
         self.path = path
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -70,7 +82,7 @@ class Pretrained(ModelSource):
     def model(self) -> PreTrainedModel:
         vision = hasattr(AutoConfig.from_pretrained(self.path), "vision_config")
         auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-        return auto.from_pretrained(self.path, dtype="float32")
+        return auto.from_pretrained(self.path, dtype=self.dtype, attn_implementation=self.attn_implementation)
 
     def max_positions(self) -> int:
         config = AutoConfig.from_pretrained(self.path)

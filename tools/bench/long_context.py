@@ -15,8 +15,9 @@ just before the forward; ``peak_over_logits`` = peak / (T·V·4 bytes of fp32 lo
 is the median of ``--repeats`` forward + backward passes after a warm-up, / T. The naive path is
 skipped (null) where its ~4.2× logits would not fit in the memory this machine has free.
 
-Then one RL update of a single ``--update-tokens``-token trajectory (``k15.update.update_policy``,
-KimiLoss, the same model) in its own process: ``update_32k_peak_gb``.
+Then one RL update (``k15.update.update_policy``, KimiLoss, the same model) of two
+``--update-tokens``-token trajectories, one per micro-batch, in its own process, with per-layer
+activation checkpointing (``update_32k_peak_gb``) and without.
 Prints one JSON line.
 """
 
@@ -100,11 +101,12 @@ def one_run(path: str, tokens: int, chunk_tokens: int, repeats: int) -> dict:
     return {"peak_bytes": peak, "seconds_per_token": statistics.median(seconds[1:]) / tokens}
 
 
-def update_run(tokens: int, chunk_tokens: int) -> dict:
-    """Run in a child process: one update_policy step on a single trajectory of ``tokens`` tokens."""
+def update_run(tokens: int, chunk_tokens: int, checkpointing: int) -> dict:
+    """Run in a child process: one update_policy step on trajectories of ``tokens`` tokens."""
     import torch
 
     from k15.finite import FiniteGuard
+    from k15.language_module import checkpoint_decoder_layers
     from k15.losses import KimiLoss
     from k15.reward.rewards import Rewards
     from k15.rollout.batch import Rollout
@@ -112,6 +114,8 @@ def update_run(tokens: int, chunk_tokens: int) -> dict:
 
     torch.set_num_threads(2)
     policy = model()
+    if checkpointing:
+        checkpoint_decoder_layers(policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     ids = torch.randint(0, VOCAB, (2, tokens), generator=torch.Generator().manual_seed(0))
     prompt = 64
@@ -191,7 +195,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     at_4k = next((r for r in rows if r["tokens"] == 4096), None)
-    update = child("update", str(args.update_tokens), str(args.chunk_tokens))
+    update = child("update", str(args.update_tokens), str(args.chunk_tokens), "1")
+    plain = child("update", str(args.update_tokens), str(args.chunk_tokens), "0")
     print(
         json.dumps(
             {
@@ -200,6 +205,10 @@ def main() -> None:
                 "time_ratio_4k": at_4k and at_4k.get("time_ratio"),
                 "update_32k_peak_gb": round(update["peak_bytes"] / 2**30, 2) if "peak_bytes" in update else update,
                 "update_32k_seconds": round(update["seconds"], 1) if "seconds" in update else None,
+                "update_32k_peak_gb_without_checkpointing": round(plain["peak_bytes"] / 2**30, 2)
+                if "peak_bytes" in plain
+                else plain,
+                "update_32k_seconds_without_checkpointing": round(plain["seconds"], 1) if "seconds" in plain else None,
                 "chunk_tokens": args.chunk_tokens,
                 "vocab": VOCAB,
                 "rows": rows,
