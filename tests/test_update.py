@@ -267,3 +267,76 @@ def test_the_update_on_a_gpu_equals_the_cpu_update(policy):
         ref_logp=token_logprobs(gpu, on_gpu.input_ids, on_gpu.attention_mask).detach(),
     )
     assert_all_close([p.cpu() for p in deltas(policy, gpu.cpu())], deltas(policy, cpu), rtol=1e-5, atol=1e-9)
+
+
+def _update_on_rank(rank: int, folder: str, model_dir: str, results) -> None:
+    """One FSDP2 rank: its half of the rollout (one prompt's group), the sharded update."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from k15.language_module import shard_decoder
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2, timeout=timedelta(minutes=2)
+    )
+    model = Pretrained(model_dir).model().double().train()
+    shard_decoder(model, init_device_mesh("cpu", (2,)))
+    rollout = rollout_of(*ROLLOUT_ARGS)
+    half = slice(rank * K, (rank + 1) * K)
+    mine = Rollout(
+        input_ids=rollout.input_ids[half],
+        attention_mask=rollout.attention_mask[half],
+        loss_mask=rollout.loss_mask[half],
+        versions=rollout.versions[half],
+        rewards=Rewards(*(rollout.rewards.total[rank : rank + 1],) * 2, {}, {}),
+        completion_lengths=rollout.completion_lengths[half],
+        finish_reasons=rollout.finish_reasons[half],
+        texts=rollout.texts[half],
+        prompts=rollout.prompts[rank : rank + 1],
+        keys=[None],
+        samples_per_prompt=K,
+    )
+    stats = update_policy(
+        model,
+        mine,
+        KimiLoss(TAU),
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        None,
+        generator=torch.Generator().manual_seed(0),
+        guard=FiniteGuard(3),
+        agree=lambda ok: ok,
+    )
+    weights = {name: p.full_tensor().detach().clone() for name, p in model.named_parameters()}
+    results[rank] = (weights, float(stats.step_losses[0]), float(stats.entropy))
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_on_two_ranks_updates_as_one_process(policy, tiny_dir, tmp_path):
+    """Each rank updates on its own prompt group with the policy sharded by fully_shard; the
+    gradients are averaged across ranks, so θ' equals one process's update on both groups.
+    The LM head's weight is read outside the model's forward (``k15.logprobs``): this is where
+    its gradient must still reach the sharded parameter."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_update_on_rank, args=(str(tmp_path), str(tiny_dir), results), nprocs=2)
+    single = copy.deepcopy(policy)
+    stats = update_policy(
+        single,
+        rollout_of(*ROLLOUT_ARGS),
+        KimiLoss(TAU),
+        torch.optim.SGD(single.parameters(), lr=0.5),
+        None,
+        generator=torch.Generator().manual_seed(0),
+        guard=FiniteGuard(3),
+    )
+    (sharded, loss_0, _), (same, loss_1, _) = results[0], results[1]
+    expected = dict(single.named_parameters())
+    assert sharded.keys() == expected.keys()
+    for name, weight in sharded.items():
+        torch.testing.assert_close(weight, same[name], rtol=0, atol=0)  # every rank holds the same θ'
+        torch.testing.assert_close(weight, expected[name].detach(), rtol=1e-9, atol=1e-12, msg=name)
+    assert abs((loss_0 + loss_1) / 2 - float(stats.step_losses[0])) < 1e-12  # the mean of the ranks' means
