@@ -121,36 +121,24 @@ def test_rl_stage_logs_checkpoints_exports_and_resumes(sft_run, shard_dir):
 def test_loss_and_verifier_swapped_by_overlays_train(sft_run, shard_dir):
     """GRPO's loss and math-verify's verifier by two overlays; the verifier's counters reach
     TensorBoard every iteration (``reward/verifier/*``) and at evaluation (``heldout/verifier/*``)."""
-    out = k15(
+    overlays = [
         "fit",
         "-c",
         str(CONF / "tiny.yaml"),
         "-c",
         str(CONF / "loss/grpo.yaml"),
-        *data_args(shard_dir),
-        *SMALL_RL,
-        "--data.init_args.iterations=1",
-        "--trainer.val_check_interval=1",
-        "--trainer.logger.init_args.name=grpo",
-        "--print_config",
-        cwd=sft_run,
-    )
-    assert yaml.safe_load(out.stdout)["model"]["init_args"]["loss"]["class_path"] == "k15.losses.GRPOLoss"
-    k15(
-        "fit",
-        "-c",
-        str(CONF / "tiny.yaml"),
-        "-c",
-        str(CONF / "loss/grpo.yaml"),
-        *data_args(shard_dir),
-        *SMALL_RL,
-        "--data.init_args.iterations=1",
-        "--trainer.val_check_interval=1",
         "-c",
         str(CONF / "reward/math.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        "--data.init_args.iterations=1",
+        "--trainer.val_check_interval=1",
         "--trainer.logger.init_args.name=grpo",
-        cwd=sft_run,
-    )
+    ]
+    config = yaml.safe_load(k15(*overlays, "--print_config", cwd=sft_run).stdout)["model"]["init_args"]
+    assert config["loss"]["class_path"] == "k15.losses.GRPOLoss"
+    assert config["reward"]["init_args"]["verifier"]["class_path"] == "k15.reward.math.MathVerify"
+    k15(*overlays, cwd=sft_run)
     logged = scalars(sft_run / "runs/grpo/version_0")
     assert "train/loss" in logged
     # every response of the iteration checked once (P·k = 4·4), none timed out; the 12 held-out answers
