@@ -16,7 +16,7 @@ logsumexps, and recomputes each chunk's logits in backward:
     ∂/∂h_{t−1} = W^T (∂/∂z_t) / τ           ∂/∂W += (∂/∂z_t) h_{t−1}^T / τ
 
 Peak extra memory is then a few [chunk_tokens, V] fp32 tensors whatever T. Only positions the
-attention mask keeps are scored (padding costs nothing); the others get 0.
+attention mask keeps are computed at all (rows run packed: ``k15.packing``); the others get 0.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from k15.packing import attend_within_documents, pack_rows, unpack
 
 
 class TokenScores(NamedTuple):
@@ -112,7 +114,9 @@ class ChunkedHeadScores(torch.autograd.Function):
         )
 
 
-def last_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **model_inputs: Tensor) -> Tensor:
+def last_hidden_states(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, **model_inputs: Tensor
+) -> Tensor:
     """The decoder's output [N, T, H] (after the final norm), through the model's own forward so
     that wrappers around it (FSDP2's hooks) run; ``logits_to_keep=1`` keeps the head's work to one
     position instead of T."""
@@ -123,9 +127,9 @@ def last_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tens
 
 
 def placed(values: Tensor, scored: Tensor) -> Tensor:
-    """[M] values of the scored positions t ≥ 1 → [N, T], 0 elsewhere (differentiably)."""
-    full = torch.zeros((scored.shape[0], scored.shape[1] + 1), dtype=values.dtype, device=values.device)
-    full[:, 1:][scored] = values
+    """[M] values of the scored positions j ≥ 1 of a packed row → [L], 0 elsewhere (differentiably)."""
+    full = torch.zeros(len(scored) + 1, dtype=values.dtype, device=values.device)
+    full[1:][scored] = values
     return full
 
 
@@ -137,19 +141,28 @@ def token_scores(
     chunk_tokens: int = 1024,
     **model_inputs: Tensor,
 ) -> TokenScores:
-    """log π(y_t | y_<t) and H_t at every position t ≥ 1 the mask keeps, for right-padded rows.
+    """log π(y_t | y_<t) and H_t at every kept position t ≥ 1 of each row's kept tokens.
+
+    The rows run packed into one (``k15.packing``: no padding computed, ``position_ids`` restarting
+    per row, no KV cache, which would make transformers ignore the restarts).
 
     ``temperature``: τ of the distribution the tokens were sampled from (the engine samples from
     logits / τ), so that the update differentiates the policy that acted. ``model_inputs`` are the
-    rows' extra forward inputs (a vision-language model's ``pixel_values``).
+    rows' extra forward inputs (a LLaVA model's ``pixel_values``, in row order like the packed
+    image tokens).
     """
-    hidden = last_hidden_states(model, input_ids, attention_mask, **model_inputs)
+    attend_within_documents(model)
+    packed = pack_rows(input_ids, attention_mask)
+    hidden = last_hidden_states(
+        model, packed.input_ids, None, position_ids=packed.position_ids, use_cache=False, **model_inputs
+    )[0]
+    ids = packed.input_ids[0]
+    scored = packed.position_ids[0, 1:] > 0  # y_j with h_{j−1}, within its own row
     head = model.get_output_embeddings()
-    scored = attention_mask[:, 1:].bool()  # y_t with h_{t−1}; right padding: t kept ⇒ t − 1 kept
     logp, entropy = ChunkedHeadScores.apply(
-        hidden[:, :-1][scored], head.weight, head.bias, input_ids[:, 1:][scored], temperature, chunk_tokens
+        hidden[:-1][scored], head.weight, head.bias, ids[1:][scored], temperature, chunk_tokens
     )
-    return TokenScores(placed(logp, scored), placed(entropy, scored))
+    return TokenScores(*(unpack(placed(values, scored), packed.kept) for values in (logp, entropy)))
 
 
 def token_logprobs(
@@ -162,3 +175,11 @@ def token_logprobs(
 ) -> Tensor:
     """``token_scores``' log π alone: [N, T], 0 at t = 0 and on padding."""
     return token_scores(model, input_ids, attention_mask, temperature, chunk_tokens, **model_inputs).logp
+
+
+def placeholder_loss(model: nn.Module, chunk_tokens: int = 1024) -> Tensor:
+    """0 · Σ log π of a 2-token row: what a rank with nothing left to score runs, so that it takes
+    part in its peers' sharded forward (and backward) — FSDP2's all-gathers and reduce-scatters are
+    collectives — and adds nothing to any result."""
+    ids = torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device)
+    return token_logprobs(model, ids, torch.ones_like(ids), chunk_tokens=chunk_tokens).sum() * 0.0

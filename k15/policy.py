@@ -43,9 +43,11 @@ class PolicyModule(LanguageModule):
         passes_per_iteration: passes over the iteration's trajectories.
         trajectories_per_step: trajectories per optimizer step (None: all N = P·k, one step a pass).
         gradient_clip_norm: clip the gradient's global norm (None: off).
-        micro_batch_tokens: forward/backward in length-sorted micro-batches of at most this many
-            padded tokens, accumulating one step's gradient (None: a step's rows in one pass).
-            Long-tailed batches then stop paying for padding; single process only for now.
+        max_tokens_per_micro_batch: forward/backward in micro-batches of at most this many real
+            tokens each, packed into one row without padding (``k15.packing``), accumulating one
+            step's gradient (None: a step's rows in one pass). The budget is per process (per GPU);
+            sharded ranks agree on the number of micro-batches (``most``). It also bounds the
+            reference pass unless the reference sets its own.
         seed: the order of iteration i's trajectories in the update is drawn from a generator
             seeded ``seed + i``, not from the global RNG (which an in-process engine may reseed),
             so a resumed run updates exactly as the uninterrupted one.
@@ -65,7 +67,7 @@ class PolicyModule(LanguageModule):
         passes_per_iteration: int = 2,
         trajectories_per_step: int | None = None,
         gradient_clip_norm: float | None = 1.0,
-        micro_batch_tokens: int | None = None,
+        max_tokens_per_micro_batch: int | None = None,
         max_skipped_steps_in_a_row: int = 3,
         seed: int = 0,
         logprob_chunk_tokens: int = 1024,
@@ -86,7 +88,7 @@ class PolicyModule(LanguageModule):
             "model",
             passes_per_iteration=passes_per_iteration,
             trajectories_per_step=trajectories_per_step,
-            micro_batch_tokens=micro_batch_tokens,
+            max_tokens_per_micro_batch=max_tokens_per_micro_batch,
         )
         if gradient_clip_norm is not None and not gradient_clip_norm > 0:
             raise ValueError(f"model.gradient_clip_norm must be > 0 or null, got {gradient_clip_norm}")
@@ -109,7 +111,7 @@ class PolicyModule(LanguageModule):
         self.passes_per_iteration = passes_per_iteration
         self.trajectories_per_step = trajectories_per_step
         self.gradient_clip_norm = gradient_clip_norm
-        self.micro_batch_tokens = micro_batch_tokens
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.seed = seed
 
     @property
@@ -122,14 +124,6 @@ class PolicyModule(LanguageModule):
     def configure_model(self) -> None:
         super().configure_model()
         self.reference.attach(self.model)
-
-    def setup(self, stage: str) -> None:
-        if self.micro_batch_tokens is not None and self.trainer.world_size > 1:
-            # ranks would run different numbers of sharded forwards per step and deadlock
-            raise ValueError(
-                "model.micro_batch_tokens needs a single process for now; set it to null (conf/strategy/fsdp2.yaml "
-                "does)"
-            )
 
     def configure_callbacks(self):
         return super().configure_callbacks() + [self.rollout]
@@ -145,26 +139,36 @@ class PolicyModule(LanguageModule):
         """Index i of the current RL iteration (restored on resume)."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
+    def most(self, count: int) -> int:
+        """The largest ``count`` over all ranks (sharded ranks run equally many passes)."""
+        if self.trainer.world_size == 1:
+            return count
+        return int(self.trainer.strategy.reduce(torch.tensor(count, device=self.device), reduce_op="max"))
+
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout = batch.rollout
-        if rollout is None:  # partial rollouts: no group finished this iteration, nothing to learn from
+        # partial rollouts: no group of this rank finished this iteration. Alone, nothing to do;
+        # sharded, its peers' passes are collective, so it takes part in them (adding nothing).
+        if rollout is None and self.trainer.world_size == 1:
             return
-        n = len(rollout.input_ids)
+        n = 0 if rollout is None else len(rollout.input_ids)
         # With π_ref = π_θi and a first optimizer step over every row, that step's forwards run at
         # θ = θ_i: their detached log-probs are π_θi's, so no separate reference pass is needed.
-        from_first_step = self.reference.mode == "iteration" and (self.trajectories_per_step or n) >= n
-        ref_logp = (
-            None
-            if from_first_step
-            else self.reference(
+        # Ranks decide together: the reference pass is collective when sharded.
+        from_first_step = self.reference.mode == "iteration" and self.agree((self.trajectories_per_step or n) >= n)
+        ref_logp = None
+        if not from_first_step:
+            nothing = torch.zeros((0, 1), dtype=torch.long, device=self.device)
+            ref_logp = self.reference(
                 self.model,
-                rollout.input_ids,
-                rollout.attention_mask,
-                rollout.inputs_for,
+                nothing if rollout is None else rollout.input_ids,
+                nothing if rollout is None else rollout.attention_mask,
+                (lambda rows: {}) if rollout is None else rollout.inputs_for,
                 self.sampling_temperature,
                 self.logprob_chunk_tokens,
+                self.max_tokens_per_micro_batch,
+                self.most,
             )
-        )
         stats = update_policy(
             self.model,
             rollout,
@@ -175,15 +179,18 @@ class PolicyModule(LanguageModule):
             guard=self.guard,
             passes=self.passes_per_iteration,
             trajectories_per_step=self.trajectories_per_step,
-            micro_batch_tokens=self.micro_batch_tokens,
+            max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
             gradient_clip_norm=self.gradient_clip_norm,
             reset_optimizer=self.reset_optimizer_each_iteration,
             scheduler=self.lr_schedulers(),
             backward=self.manual_backward,
             agree=self.agree,
+            most=self.most,
             temperature=self.sampling_temperature,
             chunk_tokens=self.logprob_chunk_tokens,
         )
+        if rollout is None:  # its peers' metrics are their own (loggers write rank 0's)
+            return
         metrics = {
             "train/loss": torch.stack(stats.step_losses).mean(),
             "train/log_ratio_mean": stats.log_ratios.mean(),

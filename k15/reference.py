@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from k15.logprobs import token_logprobs
+from k15.logprobs import placeholder_loss, token_logprobs
+from k15.packing import token_budget_micro_batches
 
 
 class ReferenceModule(LightningModule):
@@ -22,13 +23,15 @@ class ReferenceModule(LightningModule):
             before any update, so it costs one forward pass and no memory.
             ``initial`` — π_ref = the policy when training started: a frozen copy, kept in the
             checkpoint, for a KL-to-initialisation objective.
-        trajectories_per_pass: trajectories scored per forward pass (bounds activation memory).
+        max_tokens_per_pass: real tokens scored per packed forward pass, bounding activation memory
+            (None: the policy's ``max_tokens_per_micro_batch``; a pass has no backward, so this may
+            be larger).
     """
 
-    def __init__(self, mode: Literal["iteration", "initial"] = "iteration", trajectories_per_pass: int = 256):
+    def __init__(self, mode: Literal["iteration", "initial"] = "iteration", max_tokens_per_pass: int | None = None):
         super().__init__()
         self.mode = mode
-        self.trajectories_per_pass = trajectories_per_pass
+        self.max_tokens_per_pass = max_tokens_per_pass
         self.initial: nn.Module | None = None
 
     def attach(self, policy: nn.Module) -> None:
@@ -45,22 +48,25 @@ class ReferenceModule(LightningModule):
         model_inputs: Callable[[Tensor], dict[str, Tensor]] = lambda rows: {},
         temperature: float = 1.0,
         chunk_tokens: int = 1024,
+        max_tokens: int | None = None,
+        most: Callable[[int], int] = lambda count: count,
     ) -> Tensor:
         """[N, T] log-probs; ``model_inputs(rows)`` gives those rows' extra forward inputs (pixel_values);
-        ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``."""
+        ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``. Rows run packed,
+        ≤ ``max_tokens_per_pass`` (else ``max_tokens``) real tokens a pass; ``most``: the largest
+        count over sharded ranks, which all run that many passes (see ``k15.update.update_policy``)."""
         scorer = self.initial if self.mode == "initial" else policy
         lengths = attention_mask.sum(dim=1)
+        rows = torch.arange(len(input_ids), device=input_ids.device)
+        passes = token_budget_micro_batches(lengths, rows, self.max_tokens_per_pass or max_tokens) if len(rows) else []
         out = torch.zeros(input_ids.shape, device=input_ids.device)
-        # rows sorted by length, so each pass pads only to its own longest row; the number of
-        # passes depends on N alone, so sharded ranks stay in step
-        for rows in lengths.argsort(descending=True).split(self.trajectories_per_pass):
-            width = int(lengths[rows].max())
-            out[rows, :width] = token_logprobs(
-                scorer,
-                input_ids[rows, :width],
-                attention_mask[rows, :width],
-                temperature,
-                chunk_tokens,
-                **model_inputs(rows),
+        for turn in range(most(len(passes))):
+            if turn >= len(passes):
+                placeholder_loss(scorer, chunk_tokens)
+                continue
+            mb = passes[turn]
+            width = int(lengths[mb].max())
+            out[mb, :width] = token_logprobs(
+                scorer, input_ids[mb, :width], attention_mask[mb, :width], temperature, chunk_tokens, **model_inputs(mb)
             )
         return out

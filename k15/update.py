@@ -5,7 +5,7 @@ the optimizer: no Lightning inside, so a test can hold it against a hand-compute
     for each of ``passes`` passes:
         order ← a permutation of the N = P·k trajectories, drawn from ``generator``
         for each step of S rows of ``order``:
-            g ← Σ over length-bucketed micro-batches mb of ∇[w(mb) · L(θ; mb)]   (one step's gradient)
+            g ← Σ over packed micro-batches mb of ∇[w(mb) · L(θ; mb)]   (one step's gradient)
             L and ‖g‖ finite?  clip g to norm c, optimizer step  :  drop the step (``FiniteGuard``)
 
 π_θi's log-probs (the reference) are an input; ``None`` takes them from the first step's own
@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from k15.finite import FiniteGuard
-from k15.logprobs import token_scores
+from k15.logprobs import placeholder_loss, token_scores
 from k15.losses import PolicyLoss, sequence_log_ratio
-from k15.microbatch import micro_batches
+from k15.packing import token_budget_micro_batches
 from k15.rollout.batch import Rollout
 
 
@@ -50,7 +50,7 @@ def gradient_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Ten
 
 def update_policy(
     model: nn.Module,
-    rollout: Rollout,
+    rollout: Rollout | None,
     loss: PolicyLoss,
     optimizer: torch.optim.Optimizer,
     ref_logp: Tensor | None,
@@ -59,41 +59,57 @@ def update_policy(
     guard: FiniteGuard,
     passes: int = 1,
     trajectories_per_step: int | None = None,
-    micro_batch_tokens: int | None = None,
+    max_tokens_per_micro_batch: int | None = None,
     gradient_clip_norm: float | None = None,
     reset_optimizer: bool = True,
     scheduler=None,
     backward: Callable[[Tensor], None] = Tensor.backward,
     agree: Callable[[bool], bool] = lambda ok: ok,
+    most: Callable[[int], int] = lambda count: count,
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
 ) -> UpdateStats:
     """Take ``passes`` passes of steps over ``rollout``'s trajectories; see the module docstring.
 
-    ``backward`` and ``agree`` let a strategy take part (Lightning's ``manual_backward``; every
-    rank's finite/not-finite decision combined, so sharded ranks step or skip together).
+    Micro-batches hold ≤ ``max_tokens_per_micro_batch`` real tokens, packed into one row
+    (``k15.packing``; None: a step's rows in one pass).
+
+    ``backward``, ``agree`` and ``most`` let a strategy take part: Lightning's ``manual_backward``;
+    every rank's finite/not-finite decision combined, so sharded ranks step or skip together; the
+    largest count over ranks, so that they run equally many steps and micro-batches (a rank with
+    fewer runs ``placeholder_loss``). ``rollout`` None: this rank has no trajectories this
+    iteration (partial rollouts finished none of its groups) but takes part in its peers' steps.
     ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``.
     """
-    n = len(rollout.input_ids)
-    rows_per_step = trajectories_per_step or n
+    device = next(model.parameters()).device
+    n = 0 if rollout is None else len(rollout.input_ids)
+    rows_per_step = trajectories_per_step or max(n, 1)
     reference_from_first_step = ref_logp is None
     if reference_from_first_step:
         if rows_per_step < n:
             raise ValueError("the reference can come from the first step only when that step covers every trajectory")
-        ref_logp = torch.zeros(rollout.input_ids.shape, device=rollout.input_ids.device)
-    advantages = loss.advantages(rollout.rewards.total).to(ref_logp.device)
+        ref_logp = torch.zeros((n, 0) if rollout is None else rollout.input_ids.shape, device=device)
+    advantages = torch.zeros(0) if rollout is None else loss.advantages(rollout.rewards.total)
+    advantages = advantages.to(device)
     raw = getattr(optimizer, "optimizer", optimizer)  # under Lightning's wrapper (which only redirects step)
     if reset_optimizer:
         raw.state.clear()
     parameters = [p for group in raw.param_groups for p in group["params"]]
-    lengths = rollout.attention_mask.sum(dim=1)
+    lengths = None if rollout is None else rollout.attention_mask.sum(dim=1)
     step_losses, log_ratios, grad_norms, skipped = [], [], [], 0
-    entropy_sum = trained_tokens = torch.zeros((), device=ref_logp.device)
+    entropy_sum = trained_tokens = torch.zeros((), device=device)
     for _ in range(passes):
-        for rows in torch.randperm(n, generator=generator).to(ref_logp.device).split(rows_per_step):
+        steps = torch.randperm(n, generator=generator).to(device).split(rows_per_step) if n else ()
+        for turn in range(most(len(steps))):
+            rows = steps[turn] if turn < len(steps) else None
+            batches = [] if rows is None else token_budget_micro_batches(lengths, rows, max_tokens_per_micro_batch)
             raw.zero_grad()
-            step_loss = torch.zeros((), device=ref_logp.device)
-            for mb in micro_batches(lengths, rows, micro_batch_tokens):
+            step_loss = torch.zeros((), device=device)
+            for part in range(most(len(batches))):
+                if part >= len(batches):
+                    backward(placeholder_loss(model, chunk_tokens))
+                    continue
+                mb = batches[part]
                 width = int(lengths[mb].max())
                 ids, mask, in_loss = (
                     rollout.input_ids[mb, :width],
@@ -105,11 +121,11 @@ def update_policy(
                 trained_tokens = trained_tokens + in_loss.sum()
                 if reference_from_first_step:
                     ref_logp[mb, :width] = logp.detach()
-                part = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.micro_batch_weight(
+                part_loss = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.micro_batch_weight(
                     in_loss, rollout.loss_mask[rows]
                 )
-                backward(part)
-                step_loss += part.detach()
+                backward(part_loss)
+                step_loss += part_loss.detach()
                 log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[mb, :width], in_loss))
             reference_from_first_step = False
             norm = gradient_norm(parameters, gradient_clip_norm)
@@ -123,4 +139,5 @@ def update_policy(
                 skipped += 1
             raw.zero_grad()
     entropy = entropy_sum / trained_tokens.clamp(min=1)
-    return UpdateStats(ref_logp, advantages, step_losses, torch.cat(log_ratios), grad_norms, skipped, entropy)
+    log_ratios = torch.cat(log_ratios) if log_ratios else torch.zeros(0, device=device)
+    return UpdateStats(ref_logp, advantages, step_losses, log_ratios, grad_norms, skipped, entropy)

@@ -118,7 +118,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(setup, tiny_dir, shard_
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= EXACT
 
     if setup == "partial_vllm":  # the cut fell between segments: the checkpoint carried unfinished trajectories
-        assert torch.load(checkpoint, weights_only=False)["callbacks"]["RolloutCallback"]["buffer"]["groups"]
+        assert torch.load(checkpoint, weights_only=False)["callbacks"]["RolloutCallback"]["buffers"][0]["groups"]
         assert max(event.value for event in whole["rollout/stale_token_share"]) > 0 and "rollout/finish_budget" in whole
 
     # the exported weights are the trained module's: those of the run's last checkpoint

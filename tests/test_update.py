@@ -97,15 +97,18 @@ def assert_all_close(actual: list[torch.Tensor], expected: list[torch.Tensor], r
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("micro_batch_tokens", [None, 12, 1], ids=["one pass", "buckets", "a row each"])
-def test_one_full_step_is_sgd_on_the_reinforce_gradient(policy, micro_batch_tokens):
+@pytest.mark.parametrize("max_tokens_per_micro_batch", [None, 12, 1], ids=["one pass", "buckets", "a row each"])
+def test_one_full_step_is_sgd_on_the_reinforce_gradient(policy, max_tokens_per_micro_batch):
     """The reference from the first step's own forwards, any micro-batching: θ' = θ − lr·∇, ∇ by hand."""
     rollout = rollout_of(*ROLLOUT_ARGS)
     model = copy.deepcopy(policy)
     expected = [-0.1 * g for g in reinforce_gradient(model, rollout, mean_baseline_advantages(rollout.rewards.total))]
     before = copy.deepcopy(model)
     stats = run_update(
-        model, rollout, torch.optim.SGD(model.parameters(), lr=0.1), micro_batch_tokens=micro_batch_tokens
+        model,
+        rollout,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_tokens_per_micro_batch=max_tokens_per_micro_batch,
     )
     assert_all_close(deltas(before, model), expected)
     assert stats.log_ratios.abs().max() == 0  # first (only) pass at θ = θ_i
@@ -253,7 +256,7 @@ def test_the_update_on_a_gpu_equals_the_cpu_update(policy):
         rollout,
         torch.optim.SGD(cpu.parameters(), lr=0.05),
         trajectories_per_step=4,
-        micro_batch_tokens=12,
+        max_tokens_per_micro_batch=12,
         ref_logp=token_logprobs(policy, rollout.input_ids, rollout.attention_mask).detach(),
     )
     on_gpu = rollout_of(*ROLLOUT_ARGS)
@@ -263,14 +266,16 @@ def test_the_update_on_a_gpu_equals_the_cpu_update(policy):
         on_gpu,
         torch.optim.SGD(gpu.parameters(), lr=0.05),
         trajectories_per_step=4,
-        micro_batch_tokens=12,
+        max_tokens_per_micro_batch=12,
         ref_logp=token_logprobs(gpu, on_gpu.input_ids, on_gpu.attention_mask).detach(),
     )
     assert_all_close([p.cpu() for p in deltas(policy, gpu.cpu())], deltas(policy, cpu), rtol=1e-5, atol=1e-9)
 
 
-def _update_on_rank(rank: int, folder: str, model_dir: str, results) -> None:
-    """One FSDP2 rank: its half of the rollout (one prompt's group), the sharded update."""
+def _update_on_rank(rank: int, folder: str, model_dir: str, results, split: str) -> None:
+    """One FSDP2 rank: its half of the rollout (one prompt's group), the sharded update.
+    ``split``: ``even`` (one micro-batch each), ``uneven`` (rank 0 in micro-batches of ≤ 12
+    tokens, rank 1 in one), ``idle`` (rank 1 has no rollout: partial rollouts finished none)."""
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -298,15 +303,23 @@ def _update_on_rank(rank: int, folder: str, model_dir: str, results) -> None:
         keys=[None],
         samples_per_prompt=K,
     )
+
+    def most(count: int) -> int:
+        count = torch.tensor(count)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count)
+
     stats = update_policy(
         model,
-        mine,
+        None if split == "idle" and rank == 1 else mine,
         KimiLoss(TAU),
         torch.optim.SGD(model.parameters(), lr=0.5),
         None,
         generator=torch.Generator().manual_seed(0),
         guard=FiniteGuard(3),
         agree=lambda ok: ok,
+        most=most,
+        max_tokens_per_micro_batch=12 if split != "even" and rank == 0 else None,
     )
     weights = {name: p.full_tensor().detach().clone() for name, p in model.named_parameters()}
     results[rank] = (weights, float(stats.step_losses[0]), float(stats.entropy))
@@ -314,21 +327,34 @@ def _update_on_rank(rank: int, folder: str, model_dir: str, results) -> None:
 
 
 @pytest.mark.multiprocess
-def test_fsdp2_on_two_ranks_updates_as_one_process(policy, tiny_dir, tmp_path):
+@pytest.mark.parametrize("split", ["even", "uneven", "idle"])
+def test_fsdp2_on_two_ranks_updates_as_one_process(policy, tiny_dir, tmp_path, split):
     """Each rank updates on its own prompt group with the policy sharded by fully_shard; the
     gradients are averaged across ranks, so θ' equals one process's update on both groups.
     The LM head's weight is read outside the model's forward (``k15.logprobs``): this is where
-    its gradient must still reach the sharded parameter."""
+    its gradient must still reach the sharded parameter.
+
+    Ranks with different numbers of micro-batches agree on the most and the others run
+    placeholders (else the collectives would hang); an idle rank adds a zero gradient, so θ'
+    is then one process's update on rank 0's group at half the learning rate."""
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
-    mp.spawn(_update_on_rank, args=(str(tmp_path), str(tiny_dir), results), nprocs=2)
-    single = copy.deepcopy(policy)
+    mp.spawn(_update_on_rank, args=(str(tmp_path), str(tiny_dir), results, split), nprocs=2)
+    single, rollout = copy.deepcopy(policy), rollout_of(*ROLLOUT_ARGS)
+    if split == "idle":
+        rollout = Rollout(
+            **{
+                **vars(rollout),
+                **{key: getattr(rollout, key)[:K] for key in ("input_ids", "attention_mask", "loss_mask", "versions")},
+                "rewards": Rewards(*(rollout.rewards.total[:1],) * 2, {}, {}),
+            }
+        )
     stats = update_policy(
         single,
-        rollout_of(*ROLLOUT_ARGS),
+        rollout,
         KimiLoss(TAU),
-        torch.optim.SGD(single.parameters(), lr=0.5),
+        torch.optim.SGD(single.parameters(), lr=0.25 if split == "idle" else 0.5),
         None,
         generator=torch.Generator().manual_seed(0),
         guard=FiniteGuard(3),
@@ -339,4 +365,7 @@ def test_fsdp2_on_two_ranks_updates_as_one_process(policy, tiny_dir, tmp_path):
     for name, weight in sharded.items():
         torch.testing.assert_close(weight, same[name], rtol=0, atol=0)  # every rank holds the same θ'
         torch.testing.assert_close(weight, expected[name].detach(), rtol=1e-9, atol=1e-12, msg=name)
-    assert abs((loss_0 + loss_1) / 2 - float(stats.step_losses[0])) < 1e-12  # the mean of the ranks' means
+    if split == "idle":
+        assert loss_1 == 0 and abs(loss_0 - float(stats.step_losses[0])) < 1e-12
+    else:
+        assert abs((loss_0 + loss_1) / 2 - float(stats.step_losses[0])) < 1e-12  # the mean of the ranks' means

@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from k15.data.prompts import PromptBatch
-from k15.errors import require_at_least_one
+from k15.data.prompts import PromptBatch, all_ranks
+from k15.errors import K15Error, require_at_least_one
 from k15.generation import Completion, Request, Sampling
 from k15.metrics import log_iteration, shares
 from k15.reward.terms import Responses
@@ -92,6 +92,7 @@ class RolloutCallback(Callback):
         self.repeat_detector = repeat_detector
         self.text_samples_every_n_iterations = text_samples_every_n_iterations
         self.buffer = ReplayBuffer()
+        self.rank, self.world_size = 0, 1
         self.banned_token_ids: tuple[int, ...] = ()  # the policy's unsampled_token_ids, set in setup
         self.segment_outcomes: Counter[str] = Counter()  # this iteration: stop / repeat / max_length / budget
         self.new_tokens = 0  # tokens generated this iteration
@@ -101,21 +102,23 @@ class RolloutCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.banned_token_ids = pl_module.unsampled_token_ids
-        if self.segment_tokens is not None and trainer.world_size > 1:
-            # each rank would finish a different number of groups, and so take a different
-            # number of sharded forward/backward passes: the collectives would deadlock
-            raise ValueError(
-                "rollout.segment_tokens (partial rollouts) needs a single process for now; set it to null in the YAML"
-            )
+        self.rank, self.world_size = trainer.global_rank, trainer.world_size  # setup runs before a resume's restore
 
     def state_dict(self) -> dict:
+        """Every rank's replay buffer (each holds its own unfinished trajectories; every rank calls this)."""
         return {
-            "buffer": self.buffer.state_dict(),
+            "buffers": all_ranks(self.buffer.state_dict()),
             "reasons_seen": {term: sorted(r) for term, r in self.reasons_seen.items()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.buffer.load_state_dict(state_dict["buffer"])
+        buffers = state_dict["buffers"]
+        if len(buffers) != self.world_size:
+            raise K15Error(
+                f"the checkpoint's replay buffers are those of {len(buffers)} process(es), this run has "
+                f"{self.world_size}: resume with as many processes as the run had"
+            )
+        self.buffer.load_state_dict(buffers[self.rank])
         self.reasons_seen = {term: set(r) for term, r in state_dict.get("reasons_seen", {}).items()}
 
     def on_train_batch_start(

