@@ -8,8 +8,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import PreTrainedModel
 
-from k15.data.prompts import PromptBatch
-from k15.errors import require_at_least_one
+from k15.data.prompts import PromptBatch, all_ranks
+from k15.errors import K15Error, require_at_least_one
 from k15.finite import FiniteGuard, require_finite_weights
 from k15.generation import Request, Sampling, hf_sample
 from k15.models import ModelSource
@@ -17,6 +17,7 @@ from k15.optim import check_learning_rates, configured_optimizers, default_optim
 from k15.reward import RewardModule
 from k15.rng import restore_rng_states, rng_states
 from k15.signals import CheckpointOnSignal
+from k15.strategy import FSDP2Strategy
 
 
 def checkpoint_decoder_layers(model: PreTrainedModel) -> None:
@@ -27,13 +28,14 @@ def checkpoint_decoder_layers(model: PreTrainedModel) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def shard_decoder(model: PreTrainedModel, mesh) -> None:
-    """FSDP2: shard each decoder layer, then the rest (embeddings, norm, tied head) at the root."""
+def shard_decoder(model: PreTrainedModel, mesh, **policies) -> None:
+    """FSDP2: shard each decoder layer, then the rest (embeddings, norm, tied head) at the root.
+    ``policies``: ``fully_shard``'s ``mp_policy`` / ``offload_policy`` (``k15.strategy.FSDP2Strategy``)."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **policies)
+    fully_shard(model, mesh=mesh, **policies)
 
 
 class LanguageModule(LightningModule):
@@ -104,19 +106,30 @@ class LanguageModule(LightningModule):
             self.model = self.source.model().train()  # from_pretrained returns eval mode
             if self.activation_checkpointing:
                 checkpoint_decoder_layers(self.model)
-            if self._device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel mesh
-                shard_decoder(self.model, self._device_mesh["data_parallel"])
+            if self._device_mesh is not None:  # ModelParallelStrategy / FSDP2Strategy: FSDP2 over every rank
+                strategy = self.trainer.strategy
+                if isinstance(strategy, FSDP2Strategy):
+                    shard_decoder(self.model, strategy.shard_mesh, **strategy.fsdp_kwargs())
+                else:
+                    shard_decoder(self.model, self._device_mesh["data_parallel"])
 
     def configure_callbacks(self):
         return [CheckpointOnSignal()]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         require_finite_weights(self.model, "a checkpoint", self.agree)
-        checkpoint["k15"] = {"rng": rng_states(), "finite_guard": self.guard.state_dict()}
+        # every rank's generators: under a sharded strategy only rank 0 writes this part of the checkpoint
+        checkpoint["k15"] = {"rng_by_rank": all_ranks(rng_states()), "finite_guard": self.guard.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "k15" in checkpoint:
-            restore_rng_states(checkpoint["k15"]["rng"])
+            states = checkpoint["k15"]["rng_by_rank"]
+            if len(states) != self.trainer.world_size:
+                raise K15Error(
+                    f"the checkpoint holds the random states of {len(states)} process(es), this run has "
+                    f"{self.trainer.world_size}: resume with as many processes as the run had"
+                )
+            restore_rng_states(states[self.trainer.global_rank])
             self.guard.load_state_dict(checkpoint["k15"]["finite_guard"])
 
     def agree(self, ok: bool) -> bool:

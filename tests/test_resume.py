@@ -47,13 +47,13 @@ SETUPS = {
 ITERATIONS = 5
 
 
-def run_args(setup: str, name: str, tiny_dir: Path, shard_dir: Path, cwd: Path) -> list[str]:
+def run_args(setup: list[str], name: str, tiny_dir: Path, shard_dir: Path, cwd: Path) -> list[str]:
     (cwd / f"{name}.yaml").write_text(CALLBACKS.format(export=f"runs/{name}/hf"))
     return [
         "fit",
         "-c",
         str(CONF / "tiny.yaml"),
-        *SETUPS[setup],
+        *setup,
         "-c",
         f"{name}.yaml",
         *data_args(shard_dir),
@@ -94,31 +94,19 @@ def kill_after_checkpoint(args: list[str], cwd: Path, folder: Path, minimum_step
     "setup", [pytest.param(name, marks=pytest.mark.vllm) if name.endswith("vllm") else name for name in SETUPS]
 )
 def test_kill_9_then_resume_equals_the_uninterrupted_run(setup, tiny_dir, shard_dir, tmp_path):
-    k15(*run_args(setup, "whole", tiny_dir, shard_dir, tmp_path), cwd=tmp_path)
-    args = run_args(setup, "cut", tiny_dir, shard_dir, tmp_path)
+    k15(*run_args(SETUPS[setup], "whole", tiny_dir, shard_dir, tmp_path), cwd=tmp_path)
+    args = run_args(SETUPS[setup], "cut", tiny_dir, shard_dir, tmp_path)
     checkpoint = kill_after_checkpoint(args, tmp_path, tmp_path / "runs/cut/version_0/checkpoints", minimum_step=2)
     assert not (tmp_path / "runs/cut/hf").exists()  # killed: nothing exported
     k15(*args, f"--ckpt_path={checkpoint}", cwd=tmp_path)
 
-    whole, resumed = scalars(tmp_path / "runs/whole/version_0"), scalars(tmp_path / "runs/cut/version_1")
-    resumed_steps = {event.step for event in resumed["rollout/reward"]}
-    assert resumed_steps and min(resumed_steps) >= 2 and max(resumed_steps) == ITERATIONS - 1
-    compared, worst = 0, 0.0
-    for tag, events in resumed.items():
-        if tag == "__text__" or tag in TIMING:
-            continue
-        expected = {event.step: event.value for event in whole[tag]}
-        for event in events:
-            worst = max(worst, abs(event.value - expected[event.step]))
-            compared += 1
-    assert compared > 50 and worst <= EXACT, f"resumed metrics differ from the uninterrupted run's by up to {worst}"
-    for tag in ("heldout/accuracy", "rollout/reward", "train/loss", "perf/trained_tokens"):
-        assert tag in resumed, tag
+    assert_same_run(tmp_path / "runs/whole/version_0", tmp_path / "runs/cut/version_1")
     a, b = exported_weights(tmp_path / "runs/whole/hf"), exported_weights(tmp_path / "runs/cut/hf")
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= EXACT
 
     if setup == "partial_vllm":  # the cut fell between segments: the checkpoint carried unfinished trajectories
         assert torch.load(checkpoint, weights_only=False)["callbacks"]["RolloutCallback"]["buffers"][0]["groups"]
+        whole = scalars(tmp_path / "runs/whole/version_0")
         assert max(event.value for event in whole["rollout/stale_token_share"]) > 0 and "rollout/finish_budget" in whole
 
     # the exported weights are the trained module's: those of the run's last checkpoint
@@ -135,6 +123,53 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(setup, tiny_dir, shard_
     assert same(*(end["callbacks"]["RolloutCallback"] for end in ends))
     data_state = next(key for key in ends[0] if key.endswith("DataModule"))
     assert same(ends[0][data_state], ends[1][data_state])
+
+
+def assert_same_run(whole_dir: Path, resumed_dir: Path) -> None:
+    """The resumed run logged, from its first iteration on, exactly what the whole run logged."""
+    whole, resumed = scalars(whole_dir), scalars(resumed_dir)
+    resumed_steps = {event.step for event in resumed["rollout/reward"]}
+    assert resumed_steps and min(resumed_steps) >= 2 and max(resumed_steps) == ITERATIONS - 1
+    compared, worst = 0, 0.0
+    for tag, events in resumed.items():
+        if tag == "__text__" or tag in TIMING:
+            continue
+        expected = {event.step: event.value for event in whole[tag]}
+        for event in events:
+            worst = max(worst, abs(event.value - expected[event.step]))
+            compared += 1
+    assert compared > 50 and worst <= EXACT, f"resumed metrics differ from the uninterrupted run's by up to {worst}"
+    for tag in ("heldout/accuracy", "rollout/reward", "train/loss", "perf/trained_tokens"):
+        assert tag in resumed, tag
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_sharded_checkpoint_resume_equals_the_uninterrupted_run(tiny_dir, shard_dir, tmp_path, master_port):
+    """Two gloo ranks under FSDP2 with partial rollouts and packed micro-batches of ≤ 48 tokens:
+    ranks finish different numbers of groups (one may finish none) and run different numbers of
+    micro-batches, and each writes its own shard of the checkpoint (a folder). Stopped after two
+    iterations and resumed from that sharded checkpoint, the run logs the same metrics and exports
+    the same weights as the uninterrupted one: weights, optimizer, every rank's replay buffer,
+    data stream and random state came back."""
+    env = os.environ | {"MASTER_PORT": str(master_port)}
+
+    def args(name: str) -> list[str]:
+        partial = ["-c", str(CONF / "strategy/fsdp2.yaml"), *SETUPS["partial_vllm"][2:]]  # HF engine (the overlay's)
+        return [
+            *run_args(partial, name, tiny_dir, shard_dir, tmp_path),
+            "--model.init_args.max_tokens_per_micro_batch=48",
+        ]
+
+    k15(*args("whole"), cwd=tmp_path, env=env)
+    k15(*args("cut"), "--trainer.max_steps=2", cwd=tmp_path, env=env)
+    checkpoint = tmp_path / "runs/cut/version_0/checkpoints/epoch=0-step=2.ckpt"
+    assert checkpoint.is_dir()  # sharded: one file of weights and optimizer state per rank, and the metadata
+    k15(*args("cut"), f"--ckpt_path={checkpoint}", cwd=tmp_path, env=env)
+    assert_same_run(tmp_path / "runs/whole/version_0", tmp_path / "runs/cut/version_1")
+    a, b = exported_weights(tmp_path / "runs/whole/hf"), exported_weights(tmp_path / "runs/cut/hf")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    buffers = torch.load(checkpoint / "meta.pt", weights_only=False)["callbacks"]["RolloutCallback"]["buffers"]
+    assert len(buffers) == 2 and any(buffer["groups"] for buffer in buffers)
 
 
 def same(a, b) -> bool:
