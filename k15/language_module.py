@@ -16,6 +16,7 @@ from k15.models import ModelSource
 from k15.optim import check_learning_rates, configured_optimizers, default_optimizer
 from k15.reward import RewardModule
 from k15.rng import restore_rng_states, rng_states
+from k15.sequence_parallel import enable_sequence_parallel
 from k15.signals import CheckpointOnSignal
 from k15.strategy import FSDP2Strategy
 
@@ -109,6 +110,8 @@ class LanguageModule(LightningModule):
             if self._device_mesh is not None:  # ModelParallelStrategy / FSDP2Strategy: FSDP2 over every rank
                 strategy = self.trainer.strategy
                 if isinstance(strategy, FSDP2Strategy):
+                    if strategy.sequence_parallel_size > 1:
+                        enable_sequence_parallel(self.model, strategy.device_mesh["sequence_parallel"].get_group())
                     shard_decoder(self.model, strategy.shard_mesh, **strategy.fsdp_kwargs())
                 else:
                     shard_decoder(self.model, self._device_mesh["data_parallel"])

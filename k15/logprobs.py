@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from k15.packing import attend_within_documents, pack_rows, unpack
+from k15.sequence_parallel import gather_parts, split_of
 
 
 class TokenScores(NamedTuple):
@@ -126,13 +127,6 @@ def last_hidden_states(
     return out.hidden_states[-1]
 
 
-def placed(values: Tensor, scored: Tensor) -> Tensor:
-    """[M] values of the scored positions j ≥ 1 of a packed row → [L], 0 elsewhere (differentiably)."""
-    full = torch.zeros(len(scored) + 1, dtype=values.dtype, device=values.device)
-    full[1:][scored] = values
-    return full
-
-
 def token_scores(
     model: nn.Module,
     input_ids: Tensor,
@@ -143,8 +137,11 @@ def token_scores(
 ) -> TokenScores:
     """log π(y_t | y_<t) and H_t at every kept position t ≥ 1 of each row's kept tokens.
 
-    The rows run packed into one (``k15.packing``: no padding computed, ``position_ids`` restarting
-    per row, no KV cache, which would make transformers ignore the restarts).
+    The rows run packed into one of S tokens (``k15.packing``: no padding computed, ``position_ids``
+    restarting per row, no KV cache, which would make transformers ignore the restarts). With
+    sequence parallelism on (``k15.sequence_parallel``: degree P, this rank r) the row is padded
+    to S' = P·L and this rank runs positions [r·L, (r+1)·L); the scores are gathered back from the
+    ranks, so every rank returns the whole [N, T] (each must call this with the same rows).
 
     ``temperature``: τ of the distribution the tokens were sampled from (the engine samples from
     logits / τ), so that the update differentiates the policy that acted. ``model_inputs`` are the
@@ -153,16 +150,33 @@ def token_scores(
     """
     attend_within_documents(model)
     packed = pack_rows(input_ids, attention_mask)
+    ids, positions = packed.input_ids[0], packed.position_ids[0]
+    degree, rank = split_of(model)
+    length = -(-len(ids) // degree)
+    pad = degree * length - len(ids)
+    # padding continues the last row's positions: after every real token, so causality hides it
+    ids = torch.cat([ids, ids.new_zeros(pad)])
+    positions = torch.cat([positions, positions[-1] + 1 + torch.arange(pad, device=positions.device)])
+    # hidden state j scores y = x_{j+1} when that is a real token that does not start a row
+    targets = torch.cat([ids[1:], ids.new_zeros(1)])
+    scored = torch.cat([positions[1:] > 0, positions.new_zeros(1, dtype=torch.bool)])
+    scored[len(packed.input_ids[0]) - 1 :] = False
+    mine = slice(rank * length, (rank + 1) * length)
     hidden = last_hidden_states(
-        model, packed.input_ids, None, position_ids=packed.position_ids, use_cache=False, **model_inputs
+        model, ids[None, mine], None, position_ids=positions[None, mine], use_cache=False, **model_inputs
     )[0]
-    ids = packed.input_ids[0]
-    scored = packed.position_ids[0, 1:] > 0  # y_j with h_{j−1}, within its own row
     head = model.get_output_embeddings()
     logp, entropy = ChunkedHeadScores.apply(
-        hidden[:-1][scored], head.weight, head.bias, ids[1:][scored], temperature, chunk_tokens
+        hidden[scored[mine]], head.weight, head.bias, targets[mine][scored[mine]], temperature, chunk_tokens
     )
-    return TokenScores(*(unpack(placed(values, scored), packed.kept) for values in (logp, entropy)))
+    scores = []
+    for values in (logp, entropy):
+        part = values.new_zeros(length)
+        part[scored[mine]] = values
+        row = gather_parts(part) if degree > 1 else part
+        # value j belongs to token j + 1; token 0 of the row has none
+        scores.append(unpack(torch.cat([row.new_zeros(1), row[: len(packed.input_ids[0]) - 1]]), packed.kept))
+    return TokenScores(*scores)
 
 
 def token_logprobs(

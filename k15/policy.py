@@ -24,7 +24,9 @@ from k15.optim import default_optimizer
 from k15.reference import ReferenceModule
 from k15.reward import RewardModule
 from k15.rollout import RolloutCallback
+from k15.rollout.batch import Rollout, concat_rollouts
 from k15.rollout.consistency import logprob_mismatch
+from k15.strategy import FSDP2Strategy
 from k15.update import update_policy
 
 
@@ -145,8 +147,21 @@ class PolicyModule(LanguageModule):
             return count
         return int(self.trainer.strategy.reduce(torch.tensor(count, device=self.device), reduce_op="max"))
 
+    def sequence_group_rollout(self, rollout: Rollout | None) -> Rollout | None:
+        """With sequence parallelism the ranks of a group split each packed row between them, so
+        they must train on the same trajectories: the union of theirs (each rank drew its own
+        prompts and rolled them out, so no rank's work is lost)."""
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, FSDP2Strategy) or strategy.sequence_parallel_size == 1:
+            return rollout
+        group = strategy.device_mesh["sequence_parallel"].get_group()
+        rollouts = [None] * strategy.sequence_parallel_size
+        torch.distributed.all_gather_object(rollouts, None if rollout is None else rollout.to("cpu"), group=group)
+        shared = concat_rollouts(rollouts)
+        return None if shared is None else shared.to(self.device)
+
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        rollout = batch.rollout
+        rollout = self.sequence_group_rollout(batch.rollout)
         # partial rollouts: no group of this rank finished this iteration. Alone, nothing to do;
         # sharded, its peers' passes are collective, so it takes part in them (adding nothing).
         if rollout is None and self.trainer.world_size == 1:

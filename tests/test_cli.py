@@ -241,6 +241,43 @@ def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
 
 
 @pytest.mark.multiprocess
+def test_sequence_parallel_run_trains_through_the_cli(shard_dir, tmp_path, master_port):
+    """FSDP2Strategy with sequence_parallel_size 2 on two gloo processes: one sequence-parallel
+    group (data parallel 1), every packed row split between the ranks (Ulysses), the group
+    training on the union of both ranks' rollouts. (Exactness against one process is
+    tests/test_sequence_parallel.py's; this is the wiring: strategy, mesh, rollouts, export.)"""
+    shape = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2, "intermediate_size": 128}
+    init_args = ", ".join(f"{key}: {value}" for key, value in shape.items())
+    model = f"{{class_path: k15.models.TinyQwen2, init_args: {{alphabet: '0123456789+=,:AQ', {init_args}}}}}"
+    k15(
+        "fit",
+        "-c",
+        str(CONF / "tiny.yaml"),
+        "-c",
+        str(CONF / "strategy/fsdp2.yaml"),
+        *data_args(shard_dir),
+        *SMALL_RL,
+        f"--model.init_args.model={model}",
+        "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 0.5}}]",
+        "--model.init_args.max_tokens_per_micro_batch=64",
+        "--trainer.strategy.init_args.sequence_parallel_size=2",
+        "--data.init_args.iterations=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.logger.init_args.name=sp",
+        "--trainer.callbacks=[{class_path: k15.export.ExportPretrained, init_args: {dirpath: runs/sp/hf}}, "
+        "k15.summary.RunSummary]",
+        cwd=tmp_path,
+        env=os.environ | {"MASTER_PORT": str(master_port)},
+    )
+    assert json.loads((tmp_path / "runs/sp/version_0/summary.json").read_text())["steps"] == 2
+    trained = exported_weights(tmp_path / "runs/sp/hf")
+    from k15.models import TinyQwen2
+
+    initial = TinyQwen2("0123456789+=,:AQ", **shape).model().state_dict()
+    assert any(not torch.equal(initial[key], trained[key]) for key in trained)
+
+
+@pytest.mark.multiprocess
 def test_curriculum_sampler_stays_identical_across_two_processes(sft_run, shard_dir, master_port):
     """Every rank draws from its own copy of the sampler; after each iteration's outcomes the
     ranks compare their success tables and generator states (a mismatch stops the run)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from k15.data.encode import concat_model_inputs
@@ -54,6 +55,44 @@ class Rollout:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_lengths.sum())
+
+
+def concat_rollouts(rollouts: list[Rollout | None]) -> Rollout | None:
+    """One rollout of several ranks' (prompt-major order kept; None where a rank has none)."""
+    present = [r for r in rollouts if r is not None]
+    if len(present) < 2:
+        return present[0] if present else None
+    width = max(r.input_ids.shape[1] for r in present)
+
+    def rows(key: str, fill) -> Tensor:
+        return torch.cat([F.pad(getattr(r, key), (0, width - r.input_ids.shape[1]), value=fill) for r in present])
+
+    def joined(key: str) -> list:
+        return [item for r in present for item in getattr(r, key)]
+
+    first = present[0]
+    rewards = Rewards(
+        total=torch.cat([r.rewards.total for r in present]),
+        correct=torch.cat([r.rewards.correct for r in present]),
+        parts={name: torch.cat([r.rewards.parts[name] for r in present]) for name in first.rewards.parts},
+        reasons={name: [x for r in present for x in r.rewards.reasons[name]] for name in first.rewards.reasons},
+    )
+    engine = all(r.engine_logprobs is not None for r in present)
+    return Rollout(
+        input_ids=rows("input_ids", 0),
+        attention_mask=rows("attention_mask", 0),
+        loss_mask=rows("loss_mask", 0),
+        versions=rows("versions", -1),
+        rewards=rewards,
+        completion_lengths=torch.cat([r.completion_lengths for r in present]),
+        finish_reasons=joined("finish_reasons"),
+        texts=joined("texts"),
+        prompts=joined("prompts"),
+        keys=joined("keys"),
+        samples_per_prompt=first.samples_per_prompt,
+        engine_logprobs=rows("engine_logprobs", 0.0) if engine else None,
+        model_inputs=joined("model_inputs"),
+    )
 
 
 def pack_trajectories(groups: list[Group], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
