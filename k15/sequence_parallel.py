@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed._functional_collectives import all_gather_tensor_autograd, all_to_all_single_autograd
+from torch.distributed._functional_collectives import all_gather_single_autograd, all_to_all_single_autograd
 from transformers import AttentionInterface, PreTrainedConfig
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -75,7 +75,7 @@ def gather_parts(values: Tensor) -> Tensor:
     """Every rank's [L] part → the row's [P·L], differentiably: the gradient of each part is the sum
     over ranks of theirs. So when every rank computes the same loss from the gathered row, a rank's
     gradients are P × its part's share, and FSDP's mean over the P ranks gives the whole row's."""
-    return all_gather_tensor_autograd(values, gather_dim=0, group=_group)
+    return all_gather_single_autograd(values, gather_dim=0, group=_group)
 
 
 def _sequence_to_heads(x: Tensor, degree: int) -> Tensor:
@@ -104,7 +104,7 @@ def ulysses_attention(module: nn.Module, query, key, value, attention_mask, posi
         raise ValueError(f"{ULYSSES}: sliding-window attention is not supported")
     degree = dist.get_world_size(_group)
     positions = torch.empty(degree * position_ids.shape[1], dtype=position_ids.dtype, device=position_ids.device)
-    dist.all_gather_into_tensor(positions, position_ids[0].contiguous(), group=_group)
+    dist.all_gather_single(positions, position_ids[0].contiguous(), group=_group)
     q, k, v = (_sequence_to_heads(x, degree) for x in (query, key, value))
     out, _ = packed_sdpa(module, q, k, v, None, position_ids=positions[None], **kwargs)  # [1, S', H/P, d]
     return _heads_to_sequence(out.transpose(1, 2), degree).transpose(1, 2).contiguous(), None

@@ -166,3 +166,15 @@ def test_a_vision_model_packs_rows_with_their_images_in_order():
             model, ids[row : row + 1, kept], mask[row : row + 1, kept], pixel_values=pixels[row : row + 1]
         )
         torch.testing.assert_close(both[row, kept], alone.logp[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_packed_rows_equal_each_document_alone_on_a_gpu():
+    """CUDA sdpa (flash/efficient kernels, is_causal per document) in bf16: packed == alone."""
+    model = qwen2("sdpa").to("cuda", torch.bfloat16)
+    attend_within_documents(model)
+    documents = [torch.randint(0, 40, (n,), device="cuda") for n in (37, 5, 60)]
+    positions = torch.cat([torch.arange(len(d), device="cuda") for d in documents])[None]
+    packed = model(input_ids=torch.cat(documents)[None], position_ids=positions, use_cache=False).logits[0]
+    alone = torch.cat([model(input_ids=d[None], use_cache=False).logits[0] for d in documents])
+    torch.testing.assert_close(packed.float(), alone.float(), rtol=2e-2, atol=2e-2)

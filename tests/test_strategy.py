@@ -54,3 +54,19 @@ def test_cpu_offload_policy_keeps_the_shards_on_the_host(one_rank):
 def test_bad_values_name_their_key(kwargs, key):
     with pytest.raises(ValueError, match=f"trainer.strategy.init_args.{key}"):
         FSDP2Strategy(**kwargs)
+
+
+@pytest.mark.gpu
+def test_bf16_mixed_precision_and_offload_on_a_gpu(tmp_path):
+    """On CUDA (nccl, one rank): bf16 compute, fp32 reduction, shards offloaded to pinned host
+    memory; the update's gradients reach the fp32 host shards."""
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        policies = FSDP2Strategy(param_dtype="bfloat16", reduce_dtype="float32", cpu_offload=True).fsdp_kwargs()
+        model = TinyQwen2("0123456789+=").model().cuda().train()
+        shard_decoder(model, init_device_mesh("cuda", (1,)), **policies)
+        ids = torch.randint(4, 16, (2, 64), device="cuda")
+        token_logprobs(model, ids, torch.ones_like(ids)).sum().backward()
+        assert all(p.to_local().device.type == "cpu" and p.grad.dtype == torch.float32 for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
