@@ -199,17 +199,16 @@ def test_bad_config_is_one_clear_message(override, names):
         assert name in result.stderr, result.stderr
 
 
+FSDP2_FIT = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml")]
+
+
 @pytest.mark.multiprocess
 def test_fsdp2_strategy_drops_in_by_overlay(sft_run, shard_dir, master_port):
-    """Two gloo processes, the policy sharded with fully_shard (ModelParallelStrategy), the same
+    """Two gloo processes, the policy sharded with fully_shard (FSDP2Strategy), the same
     manual-optimization update loop; the export gathers the full weights: exactly the trained
     ones, as the run's final (sharded) checkpoint holds them."""
     k15(
-        "fit",
-        "-c",
-        str(CONF / "tiny.yaml"),
-        "-c",
-        str(CONF / "strategy/fsdp2.yaml"),
+        *FSDP2_FIT,
         "-c",
         str(CONF / "reward/math.yaml"),
         *data_args(shard_dir),
@@ -250,11 +249,7 @@ def test_sequence_parallel_run_trains_through_the_cli(shard_dir, tmp_path, maste
     init_args = ", ".join(f"{key}: {value}" for key, value in shape.items())
     model = f"{{class_path: k15.models.TinyQwen2, init_args: {{alphabet: '0123456789+=,:AQ', {init_args}}}}}"
     k15(
-        "fit",
-        "-c",
-        str(CONF / "tiny.yaml"),
-        "-c",
-        str(CONF / "strategy/fsdp2.yaml"),
+        *FSDP2_FIT,
         *data_args(shard_dir),
         *SMALL_RL,
         f"--model.init_args.model={model}",
@@ -282,11 +277,7 @@ def test_curriculum_sampler_stays_identical_across_two_processes(sft_run, shard_
     """Every rank draws from its own copy of the sampler; after each iteration's outcomes the
     ranks compare their success tables and generator states (a mismatch stops the run)."""
     k15(
-        "fit",
-        "-c",
-        str(CONF / "tiny.yaml"),
-        "-c",
-        str(CONF / "strategy/fsdp2.yaml"),
+        *FSDP2_FIT,
         "-c",
         str(CONF / "data/curriculum.yaml"),
         *data_args(shard_dir),
