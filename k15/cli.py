@@ -21,6 +21,7 @@ from jsonargparse import set_parsing_settings  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from k15.errors import K15Error  # noqa: E402
 
@@ -67,7 +68,13 @@ class K15CLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI. A ``K15Error`` met while running (bad data, a run that stopped itself: non-finite
-    updates, a signal) ends it with one ``k15: error:`` line and the error's exit code."""
+    updates, a signal) ends it with one ``k15: error:`` line and the error's exit code.
+    ``plan`` is not Lightning's: the memory plan (``k15/plan.py``)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["plan"]:
+        from k15.plan import main as plan
+
+        raise SystemExit(plan(argv[1:]))
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     try:
         run(args)
@@ -81,15 +88,35 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(128 + signal.SIGTERM) from None
 
 
-def run(args: list[str] | None) -> None:
-    K15CLI(
-        LightningModule,
-        LightningDataModule,
+def run(args: list[str] | None, cli: type[K15CLI] = K15CLI, **kwargs) -> K15CLI:
+    settings = dict(
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         seed_everything_default=0,
         parser_class=K15ArgumentParser,
         parser_kwargs={"parser_mode": "omegaconf+", "prog": "k15"},
-        args=args,
     )
+    try:
+        return cli(LightningModule, LightningDataModule, args=args, **settings | kwargs)
+    except OmegaConfBaseException as error:  # a bad ${...}: omegaconf's error comes through the parser as is
+        key = str(error.full_key or "the config")
+        key = key.split(".", 1)[1] if key.split(".")[0] in ("fit", "validate", "test", "predict") else key
+        print(f"k15: error: {key}: {str(error).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class ParseOnly(K15CLI):
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parsed_config(args: list[str]):
+    """The config ``fit`` would run for ``args`` (``-c`` files and overrides, no subcommand): merged,
+    interpolated, checked and filled with every class's defaults, nothing instantiated."""
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # ``args`` are the whole command line (Lightning warns of both)
+    try:
+        return run(args, ParseOnly, run=False, seed_everything_default=False).config
+    finally:
+        sys.argv = argv

@@ -167,6 +167,7 @@ def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
     "override, names",
     [
         (["--model.init_args.no_such_key=1"], ["no_such_key"]),
+        (["--trainer.devices=${data.no_such_key}"], ["trainer.devices", "data.no_such_key"]),
         (["--model.init_args.passes_per_iteration=two"], ["passes_per_iteration", "two"]),
         (["--model.init_args.loss.class_path=k15.losses.NoSuchLoss"], ["loss", "NoSuchLoss"]),
         (["-c", "conf/does_not_exist.yaml"], ["does_not_exist.yaml"]),
