@@ -68,13 +68,7 @@ class K15CLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI. A ``K15Error`` met while running (bad data, a run that stopped itself: non-finite
-    updates, a signal) ends it with one ``k15: error:`` line and the error's exit code.
-    ``plan`` is not Lightning's: the memory plan (``k15/plan.py``)."""
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["plan"]:
-        from k15.plan import main as plan
-
-        raise SystemExit(plan(argv[1:]))
+    updates, a signal) ends it with one ``k15: error:`` line and the error's exit code."""
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     try:
         run(args)
