@@ -270,7 +270,9 @@ def run_trl(path: str, args, log: IterationLog, output_dir: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="k15's rollout engine")
-    parser.add_argument("--max-tokens-per-micro-batch", type=int, default=4096, help="k15's max_tokens_per_micro_batch (0: off)")
+    parser.add_argument(
+        "--max-tokens-per-micro-batch", type=int, default=4096, help="k15's max_tokens_per_micro_batch (0: off)"
+    )
     parser.add_argument("--prompts", type=int, default=16, help="P, prompts per iteration")
     parser.add_argument("--k", type=int, default=8, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
