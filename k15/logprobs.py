@@ -191,9 +191,9 @@ def token_logprobs(
     return token_scores(model, input_ids, attention_mask, temperature, chunk_tokens, **model_inputs).logp
 
 
-def placeholder_loss(model: nn.Module, chunk_tokens: int = 1024) -> Tensor:
+def placeholder_loss(model: nn.Module, device: torch.device, chunk_tokens: int = 1024) -> Tensor:
     """0 · Σ log π of a 2-token row: what a rank with nothing left to score runs, so that it takes
     part in its peers' sharded forward (and backward) — FSDP2's all-gathers and reduce-scatters are
     collectives — and adds nothing to any result."""
-    ids = torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device)
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)  # the compute device (offloaded weights: not theirs)
     return token_logprobs(model, ids, torch.ones_like(ids), chunk_tokens=chunk_tokens).sum() * 0.0

@@ -203,6 +203,7 @@ class PolicyModule(LanguageModule):
             most=self.most,
             temperature=self.sampling_temperature,
             chunk_tokens=self.logprob_chunk_tokens,
+            device=self.device,
         )
         if rollout is None:  # its peers' metrics are their own (loggers write rank 0's)
             return

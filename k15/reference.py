@@ -62,7 +62,7 @@ class ReferenceModule(LightningModule):
         out = torch.zeros(input_ids.shape, device=input_ids.device)
         for turn in range(most(len(passes))):
             if turn >= len(passes):
-                placeholder_loss(scorer, chunk_tokens)
+                placeholder_loss(scorer, input_ids.device, chunk_tokens)
                 continue
             mb = passes[turn]
             width = int(lengths[mb].max())

@@ -68,6 +68,7 @@ def update_policy(
     most: Callable[[int], int] = lambda count: count,
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
+    device: torch.device | None = None,
 ) -> UpdateStats:
     """Take ``passes`` passes of steps over ``rollout``'s trajectories; see the module docstring.
 
@@ -79,9 +80,11 @@ def update_policy(
     largest count over ranks, so that they run equally many steps and micro-batches (a rank with
     fewer runs ``placeholder_loss``). ``rollout`` None: this rank has no trajectories this
     iteration (partial rollouts finished none of its groups) but takes part in its peers' steps.
-    ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``.
+    ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``. ``device``: where the
+    computation runs (default: the rollout's, else the parameters'; with CPU offload these differ).
     """
-    device = next(model.parameters()).device
+    if device is None:
+        device = next(model.parameters()).device if rollout is None else rollout.input_ids.device
     n = 0 if rollout is None else len(rollout.input_ids)
     rows_per_step = trajectories_per_step or max(n, 1)
     reference_from_first_step = ref_logp is None
@@ -107,7 +110,7 @@ def update_policy(
             step_loss = torch.zeros((), device=device)
             for part in range(most(len(batches))):
                 if part >= len(batches):
-                    backward(placeholder_loss(model, chunk_tokens))
+                    backward(placeholder_loss(model, device, chunk_tokens))
                     continue
                 mb = batches[part]
                 width = int(lengths[mb].max())

@@ -59,14 +59,35 @@ def test_bad_values_name_their_key(kwargs, key):
 @pytest.mark.gpu
 def test_bf16_mixed_precision_and_offload_on_a_gpu(tmp_path):
     """On CUDA (nccl, one rank): bf16 compute, fp32 reduction, shards offloaded to pinned host
-    memory; the update's gradients reach the fp32 host shards."""
+    memory; the gradients reach the fp32 host shards, and a whole update (computing on the GPU
+    while the weights live on the host) moves them."""
+    from test_update import ROLLOUT_ARGS, rollout_of
+
+    from k15.finite import FiniteGuard
+    from k15.losses import KimiLoss
+    from k15.update import update_policy
+
     dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
         policies = FSDP2Strategy(param_dtype="bfloat16", reduce_dtype="float32", cpu_offload=True).fsdp_kwargs()
-        model = TinyQwen2("0123456789+=").model().cuda().train()
+        model = TinyQwen2("0123456789+=,:AQ").model().cuda().train()
         shard_decoder(model, init_device_mesh("cuda", (1,)), **policies)
         ids = torch.randint(4, 16, (2, 64), device="cuda")
         token_logprobs(model, ids, torch.ones_like(ids)).sum().backward()
         assert all(p.to_local().device.type == "cpu" and p.grad.dtype == torch.float32 for p in model.parameters())
+        before = [p.full_tensor().clone() for p in model.parameters()]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        update_policy(
+            model,
+            rollout_of(*ROLLOUT_ARGS).to("cuda"),
+            KimiLoss(0.5),
+            optimizer,
+            None,
+            generator=torch.Generator().manual_seed(0),
+            guard=FiniteGuard(3),
+            max_tokens_per_micro_batch=12,
+            device=torch.device("cuda"),
+        )
+        assert any(not torch.equal(a, p.full_tensor()) for a, p in zip(before, model.parameters(), strict=True))
     finally:
         dist.destroy_process_group()
