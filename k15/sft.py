@@ -28,6 +28,6 @@ class SFTModule(LanguageModule):
         if not self.guard.allows(loss, agree=self.agree):
             log_iteration(self.trainer, {"train/skipped_steps": self.guard.skipped}, step)
             return None  # Lightning then takes no backward and no optimizer step
-        log_iteration(self.trainer, {"train/loss": loss, "train/skipped_steps": self.guard.skipped}, step)
+        log_iteration(self.trainer, {"train/loss": loss.detach(), "train/skipped_steps": self.guard.skipped}, step)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(batch.input_ids))
         return loss
