@@ -11,6 +11,8 @@ The rollout callback has already sampled k trajectories per prompt and scored th
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
@@ -156,7 +158,8 @@ class PolicyModule(LanguageModule):
             return rollout
         group = strategy.device_mesh["sequence_parallel"].get_group()
         rollouts = [None] * strategy.sequence_parallel_size
-        torch.distributed.all_gather_object(rollouts, None if rollout is None else rollout.to("cpu"), group=group)
+        mine = None if rollout is None else copy.copy(rollout).to("cpu")  # a copy: the batch keeps its own on device
+        torch.distributed.all_gather_object(rollouts, mine, group=group)
         shared = concat_rollouts(rollouts)
         return None if shared is None else shared.to(self.device)
 
