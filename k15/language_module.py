@@ -126,7 +126,8 @@ class LanguageModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "k15" in checkpoint:
-            states = checkpoint["k15"]["rng_by_rank"]
+            saved = checkpoint["k15"]
+            states = saved.get("rng_by_rank") or [saved["rng"]]  # "rng": one process's, before 2026-12
             if len(states) != self.trainer.world_size:
                 raise K15Error(
                     f"the checkpoint holds the random states of {len(states)} process(es), this run has "

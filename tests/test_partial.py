@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from k15.data.prompts import PromptBatch
+from k15.errors import K15Error
 from k15.models import Pretrained
 from k15.reward import RewardModule
 from k15.rollout import HFEngine, RolloutCallback, Sampling
@@ -78,3 +79,21 @@ def test_banned_tokens_are_never_sampled(tiny_dir, engine_name):
         for c in g
     ]
     assert not {t for tokens in again for t in tokens} & set(banned)
+
+
+def test_each_rank_keeps_its_own_buffer_in_the_checkpoint_and_old_checkpoints_load():
+    """``buffers`` holds every rank's replay buffer (one here); a checkpoint written before
+    per-rank state (``buffer``: one process's) still resumes in one process."""
+    from k15.rollout.trajectory import Group, Segment, Trajectory
+
+    saved = RolloutCallback(HFEngine(), max_new_tokens=8)
+    saved.buffer.put([Group([1, 5, 6], "2+3=", "5", [Trajectory([Segment(0, [7, 8], [-0.5, -1.0])])], key="k")])
+    state = saved.state_dict()
+    assert len(state["buffers"]) == 1
+    old = {"buffer": state["buffers"][0], "reasons_seen": {}}
+    for checkpoint in (state, old):
+        loaded = RolloutCallback(HFEngine(), max_new_tokens=8)
+        loaded.load_state_dict(checkpoint)
+        assert loaded.buffer.state_dict() == saved.buffer.state_dict() and len(loaded.buffer) == 1
+    with pytest.raises(K15Error, match="2 process"):
+        RolloutCallback(HFEngine(), max_new_tokens=8).load_state_dict({"buffers": [state["buffers"][0]] * 2})

@@ -112,7 +112,7 @@ class RolloutCallback(Callback):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        buffers = state_dict["buffers"]
+        buffers = state_dict.get("buffers") or [state_dict["buffer"]]  # "buffer": one process's, before 2026-12
         if len(buffers) != self.world_size:
             raise K15Error(
                 f"the checkpoint's replay buffers are those of {len(buffers)} process(es), this run has "
