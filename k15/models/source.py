@@ -1,7 +1,7 @@
 """Model sources: the YAML-selectable answer to "which weights and tokenizer does this run start from?"
 
     model:
-      class_path: k15.models.Pretrained       # a save_pretrained folder (HF or a k15 export)
+      class_path: k15.models.Pretrained       # a save_pretrained folder (HF or a k15 export) or a hub id
       init_args: {path: runs/tiny_sft/hf}
 
 The tokenizer (and, for a vision-language model, the processor) is built eagerly: the data
@@ -48,15 +48,28 @@ class ModelSource:
         raise NotImplementedError
 
 
+def is_hub_id(path: str) -> bool:
+    """``org/name`` (or ``name``) as the Hugging Face hub spells a repository, and no such local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return not Path(path).exists()
+
+
 class Pretrained(ModelSource):
-    """A folder written by ``save_pretrained`` holding both the model and its tokenizer.
+    """A model and its tokenizer as ``from_pretrained`` loads them: a folder written by
+    ``save_pretrained`` (HF or a k15 export) or a hub id (downloaded, or from the local cache).
 
     Args:
-        path: the folder.
+        path: the folder or the hub id (e.g. ``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B``).
         dtype: the weights' dtype once loaded (``auto``: as saved); fp32 is exact on CPUs, bf16
             halves a GPU's weight memory.
         attn_implementation: transformers' attention kernel (``sdpa``, ``flash_attention_2``,
             ``eager``; None: transformers' default for the model and machine).
+        trust_remote_code: run the modelling code a repository ships (models transformers lacks).
     """
 
     def __init__(
@@ -64,34 +77,43 @@ class Pretrained(ModelSource):
         path: str,
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
         attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
     ):
-        if not (Path(path) / "config.json").is_file():
+        if not (Path(path) / "config.json").is_file() and not is_hub_id(path):
             raise FileNotFoundError(
                 f"Pretrained.path: no model at {path!r} (expected a save_pretrained folder with "
-                "config.json; for the tiny recipe run `python -m k15 fit -c conf/tiny_sft.yaml` first)"
+                "config.json, or a hub id; for the tiny recipe run `python -m k15 fit -c conf/tiny_sft.yaml` first)"
             )
         self.path = path
         self.dtype = dtype
         self.attn_implementation = attn_implementation
+        self.trust_remote_code = trust_remote_code
+
+    def config(self):
+        return AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         tokenizer.padding_side = "left"
         return tokenizer
 
     def model(self) -> PreTrainedModel:
-        vision = hasattr(AutoConfig.from_pretrained(self.path), "vision_config")
-        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-        return auto.from_pretrained(self.path, dtype=self.dtype, attn_implementation=self.attn_implementation)
+        auto = AutoModelForImageTextToText if hasattr(self.config(), "vision_config") else AutoModelForCausalLM
+        return auto.from_pretrained(
+            self.path,
+            dtype=self.dtype,
+            attn_implementation=self.attn_implementation,
+            trust_remote_code=self.trust_remote_code,
+        )
 
     def max_positions(self) -> int:
-        config = AutoConfig.from_pretrained(self.path)
+        config = self.config()
         return getattr(config, "text_config", config).max_position_embeddings
 
     def processor(self) -> ProcessorMixin | None:
-        if not (Path(self.path) / "processor_config.json").is_file():
+        if not hasattr(self.config(), "vision_config"):  # a text model has no processor to build
             return None
-        processor = AutoProcessor.from_pretrained(self.path)
+        processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         processor.tokenizer.padding_side = "left"
         return processor
 
