@@ -1,9 +1,18 @@
 """Write the tiny arithmetic task's WebDataset shards (train and held-out) under shards/, or
-convert a prompt set in JSONL / Parquet to shards, checking every row (k15/data/convert.py).
+convert a prompt set in JSONL, JSON or Parquet to shards, checking every row (k15/data/convert.py).
 
     python tools/make_shards.py --out shards/addition --train 20000 --heldout 400
     python tools/make_shards.py --task vision --out shards/vision --train 3000 --heldout 300
     python tools/make_shards.py --from prompts.jsonl --out shards/mine [--image-root DIR]
+    python tools/make_shards.py --from dapo-math-17k.parquet --layout dapo --out shards/dapo_math
+    python tools/make_shards.py --from deepscaler.json --layout problem-answer --out shards/deepscaler
+    python tools/make_shards.py --from math.parquet --layout problem-answer --difficulty-key level --out shards/math
+
+--from reads JSONL, a JSON array, or Parquet; --layout says where a row keeps the prompt, answer,
+difficulty and solution (k15: k15's own record format; dapo: verl's chat-message prompt and
+reward_model.ground_truth; problem-answer: DeepScaleR's and OpenR1-Math's columns), and the key
+flags override it (dotted keys reach into nested columns). The last line printed is the report:
+rows read, written, rejected by reason, the layout used (k15/data/convert.py says what is kept).
 
 Difficulty (digits per operand) is drawn uniformly from 1..MAX_DIFFICULTY; the held-out set
 uses a different seed and excludes every training prompt. Each record's ``solution`` is the
@@ -21,9 +30,10 @@ from pathlib import Path
 import webdataset as wds
 
 from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, teacher_solution
-from k15.data.convert import convert
+from k15.data.convert import LAYOUTS, choose_layout, convert
 from k15.data.shards import write_shards
 from k15.data.vision import TASKS
+from k15.errors import K15Error
 
 
 def vision_samples(count: int, seed: int, exclude: set[tuple[str, bytes]]) -> list[dict]:
@@ -85,19 +95,38 @@ def records(count: int, seed: int, exclude: set[str]) -> list[dict]:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """A bad flag fails in one line that names it (argparse's default prints the usage first)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="shards/addition")
     parser.add_argument("--train", type=int, default=20000, help="training records")
     parser.add_argument("--heldout", type=int, default=400, help="held-out records")
     parser.add_argument("--records-per-shard", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", choices=("addition", "vision"), default="addition")
-    parser.add_argument("--from", dest="source", type=Path, help="convert this .jsonl or .parquet file instead")
+    parser.add_argument("--from", dest="source", type=Path, help="convert this .jsonl, .json or .parquet file instead")
     parser.add_argument("--image-root", type=Path, help="where relative image paths point (default: the file's folder)")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="k15", help="--from: where a row keeps each field")
+    parser.add_argument("--prompt-key", help="--from: the prompt's key (a string, or chat messages)")
+    parser.add_argument("--answer-key", help="--from: the answer's key; dotted: reward_model.ground_truth")
+    parser.add_argument("--difficulty-key", help="--from: the difficulty's key (an int, or text like 'Level 3')")
+    parser.add_argument("--default-difficulty", type=int, help="--from: the difficulty of a row without one")
+    parser.add_argument("--solution-key", help="--from: the key of a worked solution (what SFT imitates)")
     args = parser.parse_args()
     if args.source:
-        report = convert(args.source, f"{args.out}/train-%06d.tar", args.image_root, args.records_per_shard)
+        if not args.source.is_file():
+            raise SystemExit(f"make_shards: --from {args.source}: no such file")
+        keys = ("prompt_key", "answer_key", "difficulty_key", "default_difficulty", "solution_key")
+        layout = choose_layout(args.layout, **{key: getattr(args, key) for key in keys})
+        try:
+            report = convert(args.source, f"{args.out}/train-%06d.tar", args.image_root, args.records_per_shard, layout)
+        except K15Error as error:
+            raise SystemExit(f"make_shards: {error}") from None
         print(json.dumps(report))
         if not report["written"]:
             raise SystemExit(f"no usable rows in {args.source}: {report['rejected']}")
