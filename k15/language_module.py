@@ -79,6 +79,7 @@ class LanguageModule(LightningModule):
         self.source = model
         self.processor = model.processor()  # None for a text-only model
         self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()
+        self.prompt_format = model.prompt_format()  # chat template or plain: the data module encodes with it
         self.reward = reward or RewardModule()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler

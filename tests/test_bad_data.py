@@ -395,7 +395,7 @@ class Recorder(lightning.LightningModule):
 
     def __init__(self):
         super().__init__()
-        self.tokenizer, self.processor = char_tokenizer(ALPHABET), None
+        self.tokenizer, self.processor, self.prompt_format = char_tokenizer(ALPHABET), None, None
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.prompts = []
 

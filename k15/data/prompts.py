@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
-from k15.data.encode import EncodedPrompt, encode_prompt
+from k15.data.encode import ChatFormat, EncodedPrompt, encode_prompt
 from k15.data.shards import PROMPT_FIELDS, RecordStream, image_decodes, read_records, shard_urls, skip_summary
 from k15.errors import K15Error, require_at_least_one
 from k15.metrics import log_iteration
@@ -51,15 +51,19 @@ class PromptBatch:
 
 
 def prompt_batch(
-    records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None
+    records: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    processor: ProcessorMixin | None = None,
+    chat: ChatFormat | None = None,
 ) -> PromptBatch:
-    """Records (with their encoded ``images``, if any) → a batch in the policy's tokens."""
+    """Records (with their encoded ``images``, if any) → a batch in the policy's tokens, each
+    prompt in ``chat``'s template (None: plain text)."""
     for record in records:
         missing = [f for f in PROMPT_FIELDS if f not in record]
         if missing:
             raise ValueError(f"shard record is missing {missing}: {record}")
     return encoded_prompt_batch(
-        [(r, encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor)) for r in records]
+        [(r, encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor, chat)) for r in records]
     )
 
 
@@ -138,8 +142,9 @@ class ShardDataModule(LightningDataModule):
     ``heldout/skipped/<reason>`` (once). A set with nothing usable is a ``K15Error`` naming it.
 
     Subclasses say what a training batch is (``train_dataloader`` = ``placeholders(batches per
-    epoch)``, ``draw``). The tokenizer and image processor are the policy's own
-    (``trainer.lightning_module``), so the two can never disagree.
+    epoch)``, ``draw``). The tokenizer, image processor and prompt format (chat template or plain
+    text) are the policy's own (``trainer.lightning_module``), so the two can never disagree; a
+    prompt's length is counted as the policy reads it, template included.
 
     Args:
         train_shards: training shards, a brace pattern or glob.
@@ -176,6 +181,7 @@ class ShardDataModule(LightningDataModule):
         self.seed = seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.processor: ProcessorMixin | None = None  # a vision-language policy's
+        self.prompt_format: ChatFormat | None = None  # None: plain-text prompts
         self.heldout: list[dict] | None = None  # the usable held-out records, read once
         self.announced = False
 
@@ -189,6 +195,7 @@ class ShardDataModule(LightningDataModule):
         if self.tokenizer is None:
             self.tokenizer = self.trainer.lightning_module.tokenizer
             self.processor = self.trainer.lightning_module.processor
+            self.prompt_format = self.trainer.lightning_module.prompt_format
 
     # -- training: drawn when consumed
 
@@ -229,7 +236,7 @@ class ShardDataModule(LightningDataModule):
         cannot decode one of its images) or ``too_long`` (more than ``limit`` tokens)."""
         if not all(image_decodes(image) for image in record["images"]):
             return "bad_image"
-        encoded = encode_prompt(record["prompt"], record["images"], self.tokenizer, self.processor)
+        encoded = encode_prompt(record["prompt"], record["images"], self.tokenizer, self.processor, self.prompt_format)
         return "too_long" if limit is not None and len(encoded.token_ids) > limit else encoded
 
     def prompt_problem(self, record: dict, limit: int | None) -> str | None:
@@ -291,7 +298,7 @@ class ShardDataModule(LightningDataModule):
         )
 
     def collate_prompts(self, records: list[dict]) -> PromptBatch:
-        return prompt_batch(records, self.tokenizer, self.processor)
+        return prompt_batch(records, self.tokenizer, self.processor, self.prompt_format)
 
 
 class PromptDataModule(ShardDataModule):

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
-from k15.data.encode import EncodedPrompt, concat_model_inputs, encode_prompt
+from k15.data.encode import ChatFormat, EncodedPrompt, concat_model_inputs, encode_prompt
 from k15.data.prompts import ShardDataModule
 from k15.data.shards import PROMPT_FIELDS
 from k15.errors import require_at_least_one
@@ -31,7 +31,8 @@ class SFTBatch:
 
 @dataclass
 class SFTRow:
-    """One unpadded sequence: the encoded prompt, then the solution and <eos>."""
+    """One unpadded sequence: the encoded prompt (in the chat template, where the policy has
+    one: the solution is the assistant's turn), then the solution and <eos>."""
 
     input_ids: list[int]
     labels: list[int]
@@ -50,10 +51,13 @@ def padded(rows: list[SFTRow], pad_token_id: int) -> SFTBatch:
 
 
 def sft_batch(
-    records: list[dict], tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None = None
+    records: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    processor: ProcessorMixin | None = None,
+    chat: ChatFormat | None = None,
 ) -> SFTBatch:
     rows = [
-        sft_row(encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor), r["solution"], tokenizer)
+        sft_row(encode_prompt(r["prompt"], r.get("images", []), tokenizer, processor, chat), r["solution"], tokenizer)
         for r in records
     ]
     return padded(rows, tokenizer.pad_token_id)

@@ -4,6 +4,11 @@
       class_path: k15.models.Pretrained       # a save_pretrained folder (HF or a k15 export) or a hub id
       init_args: {path: runs/tiny_sft/hf}
 
+An instruct or distilled model also asks for its chat template (``prompt_format``), so that rollouts,
+held-out evaluation and SFT all show it prompts the way it was trained to read them:
+
+      init_args: {path: Qwen/Qwen2.5-7B-Instruct, chat_template: true, system_prompt: "Reason step by step."}
+
 The tokenizer (and, for a vision-language model, the processor) is built eagerly: the data
 module needs it at setup. The model only when ``LanguageModule.configure_model`` asks, so a
 sharding strategy can build it in place.
@@ -25,6 +30,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from k15.data.encode import ChatFormat
 from k15.models.tiny import char_tokenizer, tiny_qwen2
 from k15.models.tiny_vlm import IMAGE_TOKEN, tiny_llava, tiny_llava_processor
 
@@ -40,6 +46,10 @@ class ModelSource:
 
     def processor(self) -> ProcessorMixin | None:
         """Turns image + text prompts into model inputs; None for a text-only model."""
+        return None
+
+    def prompt_format(self) -> ChatFormat | None:
+        """How every prompt is laid out before encoding (``k15.data.encode``); None: plain text."""
         return None
 
     def max_positions(self) -> int:
@@ -70,6 +80,10 @@ class Pretrained(ModelSource):
         attn_implementation: transformers' attention kernel (``sdpa``, ``flash_attention_2``,
             ``eager``; None: transformers' default for the model and machine).
         trust_remote_code: run the modelling code a repository ships (models transformers lacks).
+        chat_template: prompts as the user's turn of a chat: ``true``, in the model's own chat
+            template (an instruct or distilled model's); a Jinja template, in that one instead (it
+            replaces the model's, and an export saves it); ``false``, as plain text (a base model).
+        system_prompt: a system turn before every prompt; needs a chat template.
     """
 
     def __init__(
@@ -78,27 +92,57 @@ class Pretrained(ModelSource):
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        chat_template: bool | str = False,
+        system_prompt: str | None = None,
     ):
         if not (Path(path) / "config.json").is_file() and not is_hub_id(path):
             raise FileNotFoundError(
                 f"Pretrained.path: no model at {path!r} (expected a save_pretrained folder with "
                 "config.json, or a hub id; for the tiny recipe run `python -m k15 fit -c conf/tiny_sft.yaml` first)"
             )
+        if chat_template == "":
+            raise ValueError("Pretrained.chat_template: an empty template would leave every prompt empty")
+        if system_prompt is not None and chat_template is False:
+            raise ValueError(
+                f"Pretrained.system_prompt: a system turn needs a chat template to write it in, but {path!r} "
+                "has chat_template: false (set chat_template: true for the model's own, or give a Jinja template)"
+            )
         self.path = path
         self.dtype = dtype
         self.attn_implementation = attn_implementation
         self.trust_remote_code = trust_remote_code
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
 
     def config(self):
         return AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
 
+    def is_vision(self) -> bool:
+        return hasattr(self.config(), "vision_config")
+
     def tokenizer(self) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         tokenizer.padding_side = "left"
-        return tokenizer
+        # a vision-language model's prompts may use its processor's template instead (processor())
+        return self.templated(tokenizer, tokenizer.chat_template is not None or self.is_vision())
+
+    def templated(self, owner: PreTrainedTokenizerBase | ProcessorMixin, has_template: bool):
+        """``owner`` (the tokenizer, or a vision model's processor) with the template
+        ``chat_template`` names in place: a given one replaces its own, which ``true`` requires."""
+        if isinstance(self.chat_template, str):
+            owner.chat_template = self.chat_template
+        elif self.chat_template and not has_template:
+            raise ValueError(
+                f"Pretrained.chat_template: the {type(owner).__name__} of {self.path!r} has no chat template; "
+                "give one (a Jinja template as chat_template), or set chat_template: false for plain-text prompts"
+            )
+        return owner
+
+    def prompt_format(self) -> ChatFormat | None:
+        return None if self.chat_template is False else ChatFormat(self.system_prompt)
 
     def model(self) -> PreTrainedModel:
-        auto = AutoModelForImageTextToText if hasattr(self.config(), "vision_config") else AutoModelForCausalLM
+        auto = AutoModelForImageTextToText if self.is_vision() else AutoModelForCausalLM
         return auto.from_pretrained(
             self.path,
             dtype=self.dtype,
@@ -111,11 +155,13 @@ class Pretrained(ModelSource):
         return getattr(config, "text_config", config).max_position_embeddings
 
     def processor(self) -> ProcessorMixin | None:
-        if not hasattr(self.config(), "vision_config"):  # a text model has no processor to build
+        if not self.is_vision():  # a text model has no processor to build
             return None
         processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         processor.tokenizer.padding_side = "left"
-        return processor
+        # without a template of its own, the processor's prompts are written in its tokenizer's
+        has_template = processor.chat_template is not None or processor.tokenizer.chat_template is not None
+        return self.templated(processor, has_template)
 
 
 class TinyQwen2(ModelSource):

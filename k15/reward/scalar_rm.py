@@ -102,6 +102,7 @@ class ScalarRMModule(LightningModule):
         self.tokenizer = model.tokenizer()
         check_template(self.tokenizer, prompt_template, "ScalarRMModule")
         self.processor = None  # text only (ExportPretrained saves the tokenizer)
+        self.prompt_format = None  # judging prompts are plain text (k15.reward.judge_prompt)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.prompt_template = prompt_template
