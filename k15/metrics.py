@@ -28,3 +28,21 @@ def shares(counts: Mapping[str, int], known: Iterable[str], prefix: str) -> dict
     total = sum(counts.values())
     names = sorted(set(known) | set(counts))
     return {f"{prefix}{name}": (counts.get(name, 0) / total if total else 0.0) for name in names}
+
+
+def over_ranks(every: list[Mapping[str, float]], summed: Iterable[str] = ()) -> dict[str, float]:
+    """Every rank's metrics as one set: the keys in ``summed`` added up (totals, counts), ``*_max``
+    keys maximised, the rest averaged over the ranks that report them (a rank whose partial
+    rollouts finished no group has no accuracy to average in)."""
+    summed = set(summed)
+    keys = dict.fromkeys(key for ranks in every for key in ranks)
+    out = {}
+    for key in keys:
+        values = [ranks[key] for ranks in every if key in ranks]
+        if key in summed:
+            out[key] = sum(values)
+        elif key.endswith("_max"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out

@@ -16,17 +16,18 @@ import copy
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from k15.data.prompts import PromptBatch
+from k15.data.prompts import PromptBatch, all_ranks
 from k15.errors import require_at_least_one
 from k15.language_module import LanguageModule
 from k15.losses import KimiLoss, PolicyLoss
-from k15.metrics import log_iteration
+from k15.metrics import log_iteration, over_ranks
 from k15.models import ModelSource
 from k15.optim import default_optimizer
 from k15.reference import ReferenceModule
 from k15.reward import RewardModule
 from k15.rollout import RolloutCallback
 from k15.rollout.batch import Rollout, concat_rollouts
+from k15.rollout.callback import RolloutPolicy
 from k15.rollout.consistency import logprob_mismatch
 from k15.strategy import FSDP2Strategy
 from k15.update import update_policy
@@ -143,6 +144,12 @@ class PolicyModule(LanguageModule):
         """Index i of the current RL iteration (restored on resume)."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
+    def rollout_policy(self) -> RolloutPolicy:
+        """What the rollout callback needs from this module, for iteration i."""
+        return RolloutPolicy(
+            self.model, self.tokenizer, self.reward, self.iteration, self.unsampled_token_ids, self.device
+        )
+
     def most(self, count: int) -> int:
         """The largest ``count`` over all ranks (sharded ranks run equally many passes)."""
         if self.trainer.world_size == 1:
@@ -208,8 +215,13 @@ class PolicyModule(LanguageModule):
             chunk_tokens=self.logprob_chunk_tokens,
             device=self.device,
         )
-        if rollout is None:  # its peers' metrics are their own (loggers write rank 0's)
-            return
+        metrics = {} if rollout is None else self.update_metrics(rollout, stats)
+        # every rank's, so an iteration in which rank 0 finished no group is logged all the same
+        log_iteration(self.trainer, over_ranks(all_ranks(metrics)), self.iteration)
+        if rollout is not None:
+            self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=len(batch))
+
+    def update_metrics(self, rollout: Rollout, stats) -> dict[str, float]:
         metrics = {
             "train/loss": torch.stack(stats.step_losses).mean(),
             "train/log_ratio_mean": stats.log_ratios.mean(),
@@ -224,5 +236,4 @@ class PolicyModule(LanguageModule):
             # engine vs trainer log-probs on the tokens the engine sampled with π_θi this iteration
             abs_diff, kl = logprob_mismatch(rollout.engine_logprobs, stats.ref_logp, sampled_now)
             metrics |= {"rollout/engine_logp_abs_diff": abs_diff, "rollout/engine_kl": kl}
-        log_iteration(self.trainer, metrics, self.iteration)
-        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=len(batch))
+        return {key: float(value) for key, value in metrics.items()}

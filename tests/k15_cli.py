@@ -66,3 +66,14 @@ def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
         path = path.with_suffix(".pt")
     state = torch.load(path, weights_only=False, map_location="cpu")["state_dict"]
     return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+
+
+def same(a, b) -> bool:
+    """Equal, tensors included, recursively."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(same, a, b))
+    return a == b

@@ -3,12 +3,15 @@ iterations is the trajectory one uninterrupted generation makes."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k15.data.prompts import PromptBatch
 from k15.errors import K15Error
 from k15.models import Pretrained
 from k15.reward import RewardModule
-from k15.rollout import HFEngine, RolloutCallback, Sampling
+from k15.rollout import HFEngine, RolloutCallback, RolloutSampler, Sampling
+from k15.rollout.sampler import LengthStage
 
 PROMPTS = ["Q:65+57=", "Q:123+456=", "Q:7+8=", "Q:99999+1="]
 NO_NEW_PROMPTS = PromptBatch([], [], [], [])
@@ -33,14 +36,14 @@ def test_segmented_greedy_equals_unsegmented_greedy(tiny_dir, engine_name):
     engine, tok, model, prompt_ids = synced_engine(tiny_dir, engine_name)
     whole = [g[0].token_ids for g in engine.generate(prompt_ids, Sampling(1, 20, temperature=0.0))]
 
-    callback = RolloutCallback(
+    sampler = RolloutSampler(
         engine, samples_per_prompt=1, max_new_tokens=20, segment_tokens=3, segments_in_loss="newest", temperature=0.0
     )
     batch = PromptBatch(prompt_ids, PROMPTS, ["0"] * len(PROMPTS), [1] * len(PROMPTS))
     segmented, iterations = {}, 0
-    while iterations == 0 or len(callback.buffer):
+    while iterations == 0 or len(sampler.buffer):
         engine.sync(model)  # what every iteration does; the weights are unchanged here
-        rollout = callback.rollout(batch if iterations == 0 else NO_NEW_PROMPTS, tok, RewardModule(), iterations)
+        rollout = sampler.rollout(batch if iterations == 0 else NO_NEW_PROMPTS, tok, RewardModule(), iterations)
         if rollout is not None:
             generated = rollout.versions >= 0
             for n, prompt in enumerate(rollout.prompts):
@@ -97,3 +100,48 @@ def test_each_rank_keeps_its_own_buffer_in_the_checkpoint_and_old_checkpoints_lo
         assert loaded.buffer.state_dict() == saved.buffer.state_dict() and len(loaded.buffer) == 1
     with pytest.raises(K15Error, match="2 process"):
         RolloutCallback(HFEngine(), max_new_tokens=8).load_state_dict({"buffers": [state["buffers"][0]] * 2})
+
+
+def test_length_curriculum_raises_the_cap_stage_by_stage(tiny_dir):
+    """A random policy rarely stops: under a 6-token cap every response ends at 6 ("max_length"),
+    and once the next stage starts the same prompts may run to 12."""
+    engine, tok, model, prompt_ids = synced_engine(tiny_dir, "hf")
+    sampler = RolloutSampler(
+        engine,
+        samples_per_prompt=2,
+        max_new_tokens=12,
+        length_stages=[LengthStage(6, until=1), LengthStage(12)],
+        temperature=1.0,
+    )
+    batch = PromptBatch(prompt_ids, PROMPTS, ["0"] * len(PROMPTS), [1] * len(PROMPTS))
+    first, second = (sampler.rollout(batch, tok, RewardModule(), i) for i in (0, 1))
+    assert first.completion_lengths.max() <= 6 < second.completion_lengths.max() <= 12
+    assert all(r in ("stop", "max_length") for r in first.finish_reasons)
+    assert first.finish_reasons.count("max_length") == int((first.completion_lengths == 6).sum())
+
+
+@given(caps=st.lists(st.integers(1, 100), min_size=1, max_size=5), gaps=st.lists(st.integers(1, 9), max_size=5))
+@settings(max_examples=50, deadline=None)
+def test_response_cap_follows_the_stages(caps, gaps):
+    caps = sorted(caps)
+    untils = [sum(gaps[: n + 1]) for n in range(min(len(caps) - 1, len(gaps)))]
+    caps = caps[: len(untils) + 1]
+    stages = [LengthStage(c, u) for c, u in zip(caps, [*untils, None], strict=True)]
+    sampler = RolloutSampler(HFEngine(), max_new_tokens=caps[-1], length_stages=stages)
+    for iteration in range(sum(gaps) + 2):
+        stage = next(n for n, u in enumerate([*untils, None]) if u is None or iteration < u)
+        assert sampler.response_cap(iteration) == caps[stage]
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [LengthStage(8, until=2), LengthStage(4)],  # the cap falls
+        [LengthStage(8, until=2), LengthStage(16, until=5)],  # the last stage ends
+        [LengthStage(8, until=4), LengthStage(12, until=2), LengthStage(16)],  # until falls
+        [LengthStage(8, until=2), LengthStage(32)],  # past max_new_tokens
+    ],
+)
+def test_bad_length_stages_name_the_key(stages):
+    with pytest.raises(ValueError, match="rollout.length_stages"):
+        RolloutSampler(HFEngine(), max_new_tokens=16, length_stages=stages)

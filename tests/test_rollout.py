@@ -252,20 +252,20 @@ def test_checkpoint_generation_settings_do_not_leak_into_rollouts(tiny_dir):
 
 def test_repeating_trajectory_is_cut_marked_and_penalised():
     from k15.reward import RepetitionPenalty, Responses, RewardModule
-    from k15.rollout import RolloutCallback
+    from k15.rollout import RolloutSampler
     from k15.rollout.repetition import RepeatDetector
 
-    callback = RolloutCallback(
+    sampler = RolloutSampler(
         engine=HFEngine(), max_new_tokens=64, repeat_detector=RepeatDetector(max_period=4, min_repeats=3, min_span=6)
     )
     # the loop begins in one segment and becomes certain in the next
     looping = Trajectory([Segment(0, [7, 8, 9, 5, 6], [-0.5] * 5), Segment(1, [5, 6] * 9, [-0.5] * 18)])
-    assert callback.finish_reason(looping, Completion([5, 6] * 9, "length")) == "repeat"
+    assert sampler.finish_reason(looping, Completion([5, 6] * 9, "length")) == "repeat"
     assert looping.token_ids == [7, 8, 9, 5, 6, 5, 6, 5, 6] and len(looping.logprobs) == 9
     clean = Trajectory([Segment(0, [7, 8, 9, 2])])
-    assert callback.finish_reason(clean, Completion([7, 8, 9, 2], "stop")) == "stop" and len(clean) == 4
+    assert sampler.finish_reason(clean, Completion([7, 8, 9, 2], "stop")) == "stop" and len(clean) == 4
     going = Trajectory([Segment(0, [7, 8, 9])])
-    assert callback.finish_reason(going, Completion([7, 8, 9], "length")) is None  # under the cap: continues
+    assert sampler.finish_reason(going, Completion([7, 8, 9], "length")) is None  # under the cap: continues
 
     responses = Responses(
         ["Q:1+2="] * 2, ["A:3", "A:3"], ["3", "3"], [[1] * 4, [2] * 9], ["stop", "repeat"], k=2, iteration=0

@@ -42,6 +42,3 @@ class AutoEngine(Engine):
 
     def sleep(self) -> None:
         self.engine.sleep()
-
-    def wake_up(self) -> None:
-        self.engine.wake_up()

@@ -21,7 +21,8 @@ class Engine:
     max_model_len: int | None = None
 
     def sync(self, model: nn.Module) -> None:
-        """Make the engine sample from ``model``'s current weights (θ_i)."""
+        """Make the engine sample from ``model``'s current weights (θ_i), waking it if it sleeps.
+        Every rank calls it at once: gathering sharded weights is collective."""
         raise NotImplementedError
 
     def sample(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
@@ -40,7 +41,5 @@ class Engine:
         )
 
     def sleep(self) -> None:
-        """Free the engine's accelerator memory while the trainer updates the policy."""
-
-    def wake_up(self) -> None:
-        """Take back what ``sleep`` freed, before the next ``sync``."""
+        """Free the engine's accelerator memory while the trainer updates the policy (the next
+        ``sync`` takes it back)."""

@@ -7,7 +7,7 @@ prompts from ``shards/addition`` with the same sampling parameters (raw and k15 
 very same samples: same engine, same seeds); throughput = generated tokens / wall seconds:
 
     raw_vllm   ``LLM.generate`` on the very engine k15 built (token ids in, nothing else)
-    k15_vllm   ``RolloutCallback.rollout`` on ``VLLMEngine``: generate + decode + reward + packing
+    k15_vllm   ``RolloutSampler.rollout`` on ``VLLMEngine``: generate + decode + reward + packing
     k15_hf     the same rollout path on ``HFEngine`` (HF ``generate``)
 
 Each is timed ``--repeats`` times after a warm-up (median). Prints one JSON
@@ -29,7 +29,7 @@ from k15.data.prompts import prompt_batch
 from k15.data.shards import read_records, shard_urls
 from k15.models import TinyQwen2
 from k15.reward import RewardModule
-from k15.rollout import HFEngine, RolloutCallback
+from k15.rollout import HFEngine, RolloutSampler
 from k15.rollout.vllm import VLLMEngine
 
 SHARDS = Path(__file__).resolve().parents[2] / "shards" / "addition"
@@ -49,7 +49,7 @@ def main() -> None:
     batch = prompt_batch(records, tokenizer)
     reward = RewardModule()
 
-    def tokens_per_s(path: RolloutCallback) -> float:
+    def tokens_per_s(path: RolloutSampler) -> float:
         return path.rollout(batch, tokenizer, reward, 0).num_tokens / median_seconds(
             lambda: path.rollout(batch, tokenizer, reward, 0), args.repeats
         )
@@ -58,7 +58,7 @@ def main() -> None:
     hf_engine = HFEngine()
     hf_engine.sync(model)
     hf_tps = tokens_per_s(
-        RolloutCallback(hf_engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0)
+        RolloutSampler(hf_engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0)
     )
 
     engine = VLLMEngine(max_model_len=512, kv_cache_gib=0.5)
@@ -85,7 +85,7 @@ def main() -> None:
 
     raw_tps = raw_generate() / median_seconds(raw_generate, args.repeats)
     ours_tps = tokens_per_s(
-        RolloutCallback(engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0)
+        RolloutSampler(engine, samples_per_prompt=args.k, max_new_tokens=args.max_new_tokens, seed=0)
     )
 
     print(

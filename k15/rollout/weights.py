@@ -1,0 +1,85 @@
+"""The policy's full weights, one bucket at a time, from a model whose parameters may be FSDP2 shards.
+
+An engine on every rank needs every full tensor, but no rank may hold the whole model twice
+(its shard of the trainer's copy plus the engine's copy already fill a GPU at 7B). So the
+weights travel in buckets of about ``bucket_bytes``: each bucket's local shards are packed
+into one flat buffer, cast to the engine's dtype, gathered with a single ``all_gather``
+(one collective per bucket, not one per parameter), and cut back into full tensors, which the
+engine consumes before the next bucket is gathered:
+
+    rank r holds rows [r·c, (r+1)·c) of every sharded tensor (FSDP2 ``Shard(0)``, c = ⌈n / R⌉)
+    bucket → flat [Σ c·rest] per rank → all_gather → [R, Σ c·rest] → each tensor's R slices, trimmed to n rows
+
+Every rank walks the same tensors in the same order (``state_dict`` order), so the collectives match.
+A tensor that is not a DTensor (a single process, or a replicated buffer) is passed as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+Named = tuple[str, Tensor]
+
+
+def sharded_rows(tensor: Tensor) -> bool:
+    """A DTensor split along dim 0 over a one-dimensional mesh: what ``fully_shard`` makes."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    return isinstance(tensor, DTensor) and tensor.device_mesh.ndim == 1 and tensor.placements == (Shard(0),)
+
+
+def buckets(named: list[Named], bucket_bytes: int, dtype: torch.dtype) -> Iterator[list[Named]]:
+    """``named`` split in order into runs of at most ``bucket_bytes`` in ``dtype`` (one tensor
+    larger than that makes a bucket of its own)."""
+    bucket, size = [], 0
+    for name, tensor in named:
+        nbytes = tensor.numel() * dtype.itemsize
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def gather_bucket(bucket: list[Named], dtype: torch.dtype) -> list[Named]:
+    """Full tensors of ``bucket``'s row-sharded DTensors, with one all_gather over their mesh."""
+    mesh = bucket[0][1].device_mesh
+    world, group = mesh.size(), mesh.get_group()
+    parts = []
+    for _, tensor in bucket:
+        rows = -(-tensor.shape[0] // world)  # c = ⌈n / R⌉: torch.chunk's split, as FSDP2 shards
+        local = tensor.to_local().to(dtype)
+        padded = local.new_zeros((rows, *tensor.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts.append(padded.reshape(-1))
+    flat = torch.cat(parts)
+    gathered = flat.new_empty(world * flat.numel())
+    dist.all_gather_into_tensor(gathered, flat, group=group)
+    gathered = gathered.view(world, -1)
+    out, offset = [], 0
+    for (name, tensor), part in zip(bucket, parts, strict=True):
+        slices = gathered[:, offset : offset + part.numel()].reshape(world, -1, *tensor.shape[1:])
+        out.append((name, slices.flatten(0, 1)[: tensor.shape[0]].clone()))
+        offset += part.numel()
+    return out
+
+
+def full_weights(model: nn.Module, bucket_bytes: int, dtype: torch.dtype) -> Iterator[Named]:
+    """``model``'s state dict as full tensors (in ``dtype``), gathered ``bucket_bytes`` at a time.
+
+    Lazy: a bucket is gathered when the consumer reaches it, and freed once it has moved on, so
+    at most one bucket of full tensors exists at once. Every rank must consume it to the end.
+    """
+    named = list(model.state_dict().items())
+    sharded = [(n, t) for n, t in named if sharded_rows(t)]
+    whole = [(n, t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in named if not sharded_rows(t)]
+    for name, tensor in whole:
+        yield name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor
+    for bucket in buckets(sharded, bucket_bytes, dtype):
+        yield from gather_bucket(bucket, dtype)
