@@ -152,6 +152,7 @@ class Setup:
     utilization: float = 0.5
     kv_cache_gib: float | None = None
     sleeps: bool = True
+    sleep_level: int = 2  # 1: the sleeping engine's weights wait in host memory; 2: dropped
     hf_sequences: int = 512
 
 
@@ -219,7 +220,7 @@ def breakdown(p: Setup) -> dict:
     limits = [name for name, over in (("update", update > limit), ("rollout", rollout > limit)) if over]
     limits += ["vLLM KV cache"] if kv_tokens is not None and kv_tokens < p.context else []
     host = (2 + p.optimizer_states) * n * m / p.shards * p.cpu_offload + (
-        engine["weights"] if engine and p.gpu and p.sleeps else 0.0
+        engine["weights"] if engine and p.gpu and p.sleeps and p.sleep_level == 1 else 0.0
     )
     return {
         "lines": lines, "tokens_per_gpu": t, "transients": transients, "peak_transient": peak_transient,

@@ -62,10 +62,26 @@ def defaults(cls) -> dict:
     return {name: p.default for name, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "conf/models"  # conf/models/<hub id>/config.json
+
+
+def config_file(path: str) -> Path:
+    """Where a model's config.json is: in its folder; for a hub id, in the local hub cache, else
+    the copy k15 ships under conf/models/<hub id>/ (a plan needs no network and no weights)."""
+    from k15.models.source import is_hub_id
+
+    if not is_hub_id(path):
+        return Path(path) / "config.json"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, "config.json")
+    return Path(cached) if isinstance(cached, str) else SHIPPED_CONFIGS / path / "config.json"
+
+
 def pretrained_shape(path: str, key: str) -> tuple[Shape, str]:
-    """(shape, saved dtype) from a save_pretrained folder's config.json (a VLM: its text model + vision tower)."""
+    """(shape, saved dtype) from a model's config.json (``config_file``; a VLM: its text model + vision tower)."""
     try:
-        config = json.loads((Path(path) / "config.json").read_text())
+        config = json.loads(config_file(path).read_text())
     except (OSError, ValueError) as error:
         raise PlanError(f"{key}.init_args.path: no readable config.json in {path!r} ({error})") from None
     text, vision = config.get("text_config", config), config.get("vision_config")
@@ -196,11 +212,12 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
         engine="vllm" if vllm else "hf" if engine else None, vllm_dtype=model_dtype if vdtype == "auto" else vdtype,
         tp=int(eargs.get("tensor_parallel_size") or 1), utilization=float(eargs.get("gpu_memory_utilization") or 0.5),
         kv_cache_gib=eargs.get("kv_cache_gib"), sleeps=bool(eargs.get("sleep_between_rollouts", True)),
+        sleep_level=int(eargs.get("sleep_level") or 2),
         hf_sequences=int(eargs.get("max_sequences") or 512),
     )  # fmt: skip
     if setup.context > shape.max_positions:
         notes.append(f"context {setup.context:,} is past the model's {shape.max_positions:,} positions (RoPE scaling)")
-    if vllm and setup.gpu and setup.sleeps:
+    if vllm and setup.gpu and setup.sleeps and setup.sleep_level == 1:
         notes.append("while vLLM sleeps at level 1 its weights wait in host memory (level 2 drops them)")
     return setup, notes
 

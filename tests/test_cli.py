@@ -148,16 +148,13 @@ def test_loss_and_verifier_swapped_by_overlays_train(sft_run, shard_dir):
 
 
 RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml"))
-OVERLAYS = sorted(
-    p.relative_to(CONF) for p in CONF.glob("*/*.yaml")
-)  # conf/sft/ overlays tiny_sft.yaml, the rest tiny.yaml
+OVERLAYS = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml"))
+OVERLAID = {"sft": "tiny_sft.yaml", "smoke": "long_cot.yaml"}  # the recipe an overlay folder applies to (else tiny)
 
 
 @pytest.mark.parametrize("config", RECIPES + OVERLAYS, ids=str)
 def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
-    stack = (
-        [] if config in RECIPES else ["-c", str(CONF / ("tiny_sft.yaml" if config.parts[0] == "sft" else "tiny.yaml"))]
-    )
+    stack = [] if config in RECIPES else ["-c", str(CONF / OVERLAID.get(config.parts[0], "tiny.yaml"))]
     first = k15("fit", *stack, "-c", str(CONF / config), "--print_config").stdout
     (tmp_path / "printed.yaml").write_text(first)
     assert k15("fit", "-c", str(tmp_path / "printed.yaml"), "--print_config").stdout == first

@@ -19,7 +19,7 @@ from k15.memory import GIB, Setup, Shape
 
 pytestmark = pytest.mark.timeout(120)
 
-QWEN7B = CONF / "models/qwen2.5-7b"
+QWEN7B = CONF / "models/Qwen/Qwen2.5-7B"
 PLAN_7B = str(CONF / "plan/qwen2.5_7b_128k.yaml")
 
 
@@ -57,7 +57,7 @@ def test_parameters_of_the_7b_config_and_the_tiny_sources(alphabet):
         built = Qwen2ForCausalLM(AutoConfig.from_pretrained(QWEN7B))
     assert memory.parameter_count(shape) == numel(built) == 7_615_616_512
     assert (shape.max_positions, shape.tied, dtype) == (32_768, False, "bfloat16")
-    assert plan.pretrained_shape(str(CONF / "models/r1-distill-qwen-7b"), "model")[0] == replace(
+    assert plan.pretrained_shape("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "model")[0] == replace(
         shape, max_positions=131_072
     )
 
@@ -147,11 +147,11 @@ def test_the_7b_plan_at_128k_needs_sp_2():
 def test_the_plan_reads_the_config_fit_would_run():
     """The same parser as ``fit``: an overlay that swaps a class drops the old class's arguments,
     overrides apply, and every class's defaults are filled."""
+    cfg = parsed_config(["-c", str(CONF / "long_cot.yaml"), "-c", str(CONF / "smoke/cpu.yaml")])
+    source, args = plan.component(cfg, "model.init_args.model")  # Pretrained swapped for TinyQwen2
+    assert source == "TinyQwen2" and args["num_kv_heads"] == 2 and "path" not in args and "chat_template" not in args
+    assert plan.component(cfg, "trainer.strategy")[1]["sequence_parallel_size"] == 2
     cfg = parsed_config(["-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "strategy/fsdp2.yaml")])
-    assert plan.get(cfg, "model.init_args.rollout.init_args.engine") == {
-        "class_path": "k15.rollout.HFEngine",
-        "init_args": {"max_sequences": 512},
-    }
     assert plan.component(cfg, "trainer.strategy")[1]["sequence_parallel_size"] == 1
     cfg = parsed_config(["-c", str(CONF / "tiny.yaml"), "--model.init_args.activation_checkpointing=true"])
     assert plan.get(cfg, "model.init_args.activation_checkpointing") is True
@@ -207,6 +207,15 @@ def test_cli_prints_the_plan(tiny_dir, capsys):
     ]
     assert plan.main(["-c", PLAN_7B, *sp1, "--context=131072"]) == 0
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_the_long_cot_recipe_fits_its_node(capsys):
+    """conf/long_cot.yaml as written: a hub id (its config.json shipped under conf/models/ for a
+    machine without the hub), 8 × 80 GB, SP 2, vLLM at TP 2 asleep at level 2 during the update."""
+    assert plan.main(["-c", str(CONF / "long_cot.yaml"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["fits"] and summary["context"] == 131_072 and summary["smallest_sp"] == 2
+    assert summary["host_gib"] == 0  # level 2 pins no weights in host memory
 
 
 @pytest.mark.parametrize(
