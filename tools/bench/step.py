@@ -1,7 +1,14 @@
-"""Seconds per RL iteration: k15 (Lightning + KimiLoss) side by side with TRL's GRPOTrainer.
+"""Seconds per RL iteration: k15 (Lightning + KimiLoss) side by side with TRL's GRPOTrainer; and,
+with ``--fsdp2``, k15 under FSDP2 on 2 processes with a vLLM engine per rank vs HF generate.
 
     python tools/bench/step.py [--engine vllm --prompts 16 --k 8 --max-new-tokens 48 --updates 2 --iterations 5
                                 --rounds 2 --threads 2]
+    python tools/bench/step.py --fsdp2 [--iterations 5 --rounds 2]
+
+The ``--fsdp2`` arm runs ``python -m k15 fit -c conf/tiny.yaml -c conf/strategy/fsdp2.yaml`` (the
+tiny model, 2 gloo processes, 16 prompts × 8 samples a rank) with each engine, alternating which
+goes first, and compares the median ``perf/iteration_seconds`` after each run's first iteration
+(key ``fsdp_vllm_vs_hf``: vLLM's time over HF's, below 1 when vLLM is faster).
 
 Needs TRL (``pip install -e ".[bench]"``). Both systems load one randomly initialised tiny Qwen2 +
 char tokenizer (``k15.models.TinyQwen2``, ``save_pretrained`` to a temp folder) in fp32 on CPU,
@@ -65,6 +72,9 @@ from k15.policy import PolicyModule  # noqa: E402
 from k15.reward import FinalAnswerMatch, RewardModule  # noqa: E402
 from k15.rollout import HFEngine, RolloutCallback  # noqa: E402
 from k15.rollout.vllm import VLLMEngine  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import fsdp2_fit, steady  # noqa: E402
 
 SHARDS = Path(__file__).resolve().parents[2] / "shards" / "addition"
 PHASES = ("generate", "nograd_forward", "grad_forward", "backward", "optimizer_step")
@@ -267,8 +277,36 @@ def run_trl(path: str, args, log: IterationLog, output_dir: str) -> None:
     log.detach()
 
 
+def fsdp2_arm(args) -> None:
+    """k15 under FSDP2, 2 processes: iteration seconds with a vLLM engine per rank vs HF generate."""
+    seconds = {"vllm": [], "hf": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        source = TinyQwen2(alphabet=ALPHABET)
+        source.model().save_pretrained(f"{tmp}/model")
+        source.tokenizer().save_pretrained(f"{tmp}/model")
+        for r in range(args.rounds):
+            for engine in ("vllm", "hf") if r % 2 == 0 else ("hf", "vllm"):
+                logged = fsdp2_fit(Path(tmp) / "model", Path(tmp), f"{engine}_{r}", engine, args.iterations + WARMUP)
+                seconds[engine].append(steady(logged["perf/iteration_seconds"]))
+    vllm, hf = statistics.median(seconds["vllm"]), statistics.median(seconds["hf"])
+    print(
+        json.dumps(
+            {
+                "fsdp_vllm_vs_hf": round(vllm / hf, 3),
+                "vllm_s_per_iter": round(vllm, 3),
+                "hf_s_per_iter": round(hf, 3),
+                "by_round": seconds,
+                "processes": 2,
+                "iterations_per_run": args.iterations,
+                "rounds": args.rounds,
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fsdp2", action="store_true", help="the FSDP2 arm: vLLM per rank vs HF generate")
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="k15's rollout engine")
     parser.add_argument(
         "--max-tokens-per-micro-batch", type=int, default=4096, help="k15's max_tokens_per_micro_batch (0: off)"
@@ -287,6 +325,9 @@ def main() -> None:
     )  # one run, in a child process
     args = parser.parse_args()
     args.max_tokens_per_micro_batch = args.max_tokens_per_micro_batch or None
+    if args.fsdp2:
+        fsdp2_arm(args)
+        return
     torch.set_num_threads(args.threads)
 
     if args.run:
