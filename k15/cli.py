@@ -90,6 +90,9 @@ def run(args: list[str] | None, cli: type[K15CLI] = K15CLI, **kwargs) -> K15CLI:
         seed_everything_default=0,
         parser_class=K15ArgumentParser,
         parser_kwargs={"parser_mode": "omegaconf+", "prog": "k15"},
+        # a retried job (lightning_app.py) logs into the same version folder, resuming from its
+        # last checkpoint; a fresh run gets a new version_N and never meets an old config.yaml
+        save_config_kwargs={"overwrite": True},
     )
     try:
         return cli(LightningModule, LightningDataModule, args=args, **settings | kwargs)

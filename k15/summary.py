@@ -98,7 +98,7 @@ class RunSummary(Callback):
             "finished": finished,
             **({"stopped": stopped} if stopped else {}),
             "wall_s": round(wall, 2),
-            "tokens_per_s": round(self.state["tokens"] / wall, 1),
+            "tokens_per_s": round(self.state["tokens"] / wall, 1) if wall else 0.0,  # 0: stopped before fit began
             "trained_tokens": self.state["tokens"],
             "iteration_s_median": percentile(self.state["iteration_seconds"], 50),
             "iteration_s_p90": percentile(self.state["iteration_seconds"], 90),
