@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as error:
         print(f"lightning_app.py: error: {error}", file=sys.stderr)
         return 2
-    print(f"submitted job {job.name}: {getattr(job, 'link', '')}")
+    print(f"submitted job {job.name}: {job.link}")
     return 0
 
 
