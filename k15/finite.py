@@ -31,9 +31,10 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
 
 
 def require_finite_weights(model: nn.Module, what: str, agree: Callable[[bool], bool] = lambda ok: ok) -> None:
-    """Raise ``RunStopped`` before ``what`` is written if any weight is inf/NaN on any rank.
-    ``agree`` combines the ranks' answers (every rank must reach the same decision)."""
-    if not agree(all_finite(model.parameters())):
+    """Raise ``RunStopped`` before ``what`` is written if any trained weight is inf/NaN on any rank.
+    ``agree`` combines the ranks' answers (every rank must reach the same decision). Frozen weights
+    are as loaded, and may not be numbers at all (QLoRA's 4-bit codes are stored in a float dtype)."""
+    if not agree(all_finite(p for p in model.parameters() if p.requires_grad)):
         raise RunStopped(
             f"the policy's weights are non-finite (an update overflowed): refusing to write {what}; the last good "
             "checkpoint is untouched"

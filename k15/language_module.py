@@ -12,6 +12,7 @@ from k15.data.prompts import PromptBatch, all_ranks
 from k15.errors import K15Error, require_at_least_one
 from k15.finite import FiniteGuard, require_finite_weights
 from k15.generation import Request, Sampling, hf_sample
+from k15.lora import LoRA
 from k15.models import ModelSource
 from k15.optim import check_learning_rates, configured_optimizers, default_optimizer
 from k15.reward import RewardModule
@@ -56,6 +57,8 @@ class LanguageModule(LightningModule):
             the trainer never holds more than a few [chunk, vocabulary] fp32 tensors.
         activation_checkpointing: recompute each decoder layer in backward instead of keeping
             its activations (``checkpoint_decoder_layers``): long contexts' memory for one more forward.
+        lora: train low-rank adapters instead of every weight, over a 4-bit base for QLoRA
+            (``k15.lora.LoRA``; None: full fine-tuning).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class LanguageModule(LightningModule):
         max_skipped_steps_in_a_row: int = 3,
         logprob_chunk_tokens: int = 1024,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ):
         super().__init__()
         check_learning_rates(optimizer)
@@ -76,6 +80,7 @@ class LanguageModule(LightningModule):
         )
         self.logprob_chunk_tokens = logprob_chunk_tokens
         self.activation_checkpointing = activation_checkpointing
+        self.lora = lora
         self.source = model
         self.processor = model.processor()  # None for a text-only model
         self.tokenizer = self.processor.tokenizer if self.processor is not None else model.tokenizer()
@@ -106,6 +111,9 @@ class LanguageModule(LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.source.model().train()  # from_pretrained returns eval mode
+            if self.lora is not None:
+                self.check_lora_precision()
+                self.lora.apply(self.model, self.trainer.strategy.root_device)
             if self.activation_checkpointing:
                 checkpoint_decoder_layers(self.model)
             if self._device_mesh is not None:  # ModelParallelStrategy / FSDP2Strategy: FSDP2 over every rank
@@ -116,6 +124,17 @@ class LanguageModule(LightningModule):
                     shard_decoder(self.model, strategy.shard_mesh, **strategy.fsdp_kwargs())
                 else:
                     shard_decoder(self.model, self._device_mesh["data_parallel"])
+
+    def check_lora_precision(self) -> None:
+        """4-bit codes are stored in the model's dtype; FSDP2 casting them to another would scramble them."""
+        strategy = self.trainer.strategy
+        cast = getattr(strategy, "param_dtype", None)
+        if self.lora.quantize_base and cast not in (None, self.model.dtype):
+            raise ValueError(
+                f"trainer.strategy.init_args.param_dtype is {cast}, but QLoRA stores its 4-bit base in the model's "
+                f"dtype ({self.model.dtype}) and FSDP2 would cast those codes: set param_dtype: null and load the "
+                "model in the compute dtype (model.model.init_args.dtype); the adapters stay fp32 (peft upcasts them)"
+            )
 
     def configure_callbacks(self):
         return [CheckpointOnSignal()]
@@ -142,7 +161,8 @@ class LanguageModule(LightningModule):
         return self.trainer.strategy.reduce_boolean_decision(ok, all=True)
 
     def configure_optimizers(self):
-        return configured_optimizers(self.model.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
+        return configured_optimizers(trained, self.optimizer_factory, self.lr_scheduler_factory)
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         requests = [

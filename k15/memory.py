@@ -5,6 +5,10 @@ Sizes in bytes per GPU; N = parameters, S = FSDP shards, t = tokens per GPU in a
 b = compute-dtype bytes; Qwen2 shapes: H hidden, L layers, n_h / n_kv heads of d_h,
 I intermediate, V vocabulary.
 
+With LoRA only the adapters train (r·(in + out) parameters per target layer, fp32: peft upcasts
+them), so gradients and optimizer state are the adapters'; QLoRA stores the target layers' frozen
+weights in NF4 (``NF4_BYTES`` a weight) and the rest of the model in its dtype.
+
     update  = runtime + params + grads + optimizer + reference + FSDP buffers + [vLLM unless asleep]
               + activations saved + the largest transient (forward end, head forward or backward, a layer's backward)
     rollout = runtime + params + optimizer + reference + engine (vLLM: weights + activations + KV cache)
@@ -24,6 +28,14 @@ GIB, MIB = 2**30, 2**20
 RUNTIME_GIB = 1.0  # a GPU process's CUDA context, cuBLAS workspaces, NCCL buffers
 SCALAR_BYTES = 80  # per token: ids, masks, versions, targets, log π, H, logsumexp, the loss's [N, T] terms
 BYTES = {"float32": 4, "float": 4, "fp32": 4, "float64": 8, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+
+
+NF4_BYTES = {  # a 4-bit code per weight + its block's scale (64-weight blocks)
+    True: 0.5 + 1 / 64 + 4 / (64 * 256),  # double quantization: 8-bit scales, an fp32 scale per 256 of them
+    False: 0.5 + 4 / 64,  # fp32 scales
+}
+NF4_TABLE_BYTES = {True: (16 + 1 + 256) * 4, False: 16 * 4}  # per layer: the NF4 code (+ the offset and 8-bit code)
+ADAPTER_BYTES = 4  # peft keeps LoRA adapters in fp32 whatever the base's dtype
 
 
 class PlanError(ValueError):
@@ -59,6 +71,42 @@ def layer_params(s: Shape) -> int:
     return (
         (s.hidden + s.qkv_bias) * qkv + s.heads * s.head_dim * s.hidden + 3 * s.hidden * s.intermediate + 2 * s.hidden
     )
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """LoRA (``k15.lora.LoRA``): rank r on the named linear layers, the base in NF4 for QLoRA."""
+
+    rank: int
+    targets: tuple[str, ...]
+    nf4: bool = True
+    double_quant: bool = True
+
+
+def linear_shapes(s: Shape) -> dict[str, tuple[int, int]]:
+    """(in, out) of each linear layer of a Qwen2 decoder layer, by name."""
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    return {
+        "q_proj": (s.hidden, q), "k_proj": (s.hidden, kv), "v_proj": (s.hidden, kv), "o_proj": (q, s.hidden),
+        "gate_proj": (s.hidden, s.intermediate), "up_proj": (s.hidden, s.intermediate),
+        "down_proj": (s.intermediate, s.hidden),
+    }  # fmt: skip
+
+
+def adapter_params(s: Shape, a: Adapters) -> int:
+    """Trained parameters per decoder layer: Σ over the targets of r·(in + out) (A: r × in, B: out × r)."""
+    return sum(a.rank * (i + o) for name, (i, o) in linear_shapes(s).items() if name in a.targets)
+
+
+def layer_bytes(s: Shape, a: Adapters | None, b: int) -> float:
+    """One decoder layer's weights as stored: targets in NF4 (QLoRA), the rest in ``b`` bytes, adapters fp32."""
+    if a is None:
+        return layer_params(s) * b
+    shapes = [i * o for name, (i, o) in linear_shapes(s).items() if name in a.targets]
+    target = sum(shapes)
+    nf4 = target * NF4_BYTES[a.double_quant] + len(shapes) * NF4_TABLE_BYTES[a.double_quant]
+    base = (layer_params(s) - target) * b + (nf4 if a.nf4 else target * b)
+    return base + adapter_params(s, a) * ADAPTER_BYTES
 
 
 def root_params(s: Shape) -> int:
@@ -111,12 +159,13 @@ def activation_bytes_per_token(s: Shape, b: int, checkpointing: bool) -> dict[st
     }
 
 
-def head_bytes(s: Shape, tokens: int, chunk: int, b: int) -> dict[str, int]:
+def head_bytes(s: Shape, tokens: int, chunk: int, b: int, trained: bool = True) -> dict[str, int]:
     """``k15.logprobs.ChunkedHeadScores``, C = min(chunk, t) positions at a time:
     head_forward  = 3·C·V·4 (fp32 logits, their exp, the vecdot product) + t·H·b (the final hidden states)
     head_backward = 4·V·H (fp32 head-gradient accumulator) + t·H·b (∂h)
-                    + max(C·V·(4 + 2·[b<4]) (logits, ∂z cast to b), V·H·b·[b<4] (the gradient cast back))"""
-    c, vh, low = min(chunk, tokens), s.vocab * s.hidden, b < 4
+                    + max(C·V·(4 + 2·[b<4]) (logits, ∂z cast to b), V·H·b·[b<4] (the gradient cast back))
+    A frozen head (LoRA) has no gradient: neither the accumulator nor its cast."""
+    c, vh, low = min(chunk, tokens), s.vocab * s.hidden * trained, b < 4
     return {
         "head_forward": 12 * c * s.vocab + tokens * s.hidden * b,
         "head_backward": 4 * vh + tokens * s.hidden * b + max(c * s.vocab * (4 + 2 * low), vh * b * low),
@@ -154,6 +203,7 @@ class Setup:
     sleeps: bool = True
     sleep_level: int = 2  # 1: the sleeping engine's weights wait in host memory; 2: dropped
     hf_sequences: int = 512
+    adapters: Adapters | None = None  # LoRA / QLoRA; None: every weight trains
 
 
 def tokens_per_gpu(p: Setup) -> int:
@@ -185,19 +235,34 @@ def breakdown(p: Setup) -> dict:
     the host with cpu_offload. FSDP buffers = (root + 2 layers)·p_b (FSDP2 keeps the root unsharded
     through forward and backward and prefetches one layer) + V·H·p_b (the head's unsharded gradient,
     held until the root reduces) + one layer's gradient in p_b and the reduce dtype. The optimizer
-    step's foreach temporary, N·m/S, counts only if larger than the activations."""
-    s, n, t = p.shape, parameter_count(p.shape), tokens_per_gpu(p)
+    step's foreach temporary, N·m/S, counts only if larger than the activations.
+
+    LoRA: params = (the frozen base as stored + the adapters A·4)/S, grads = A·4/S, optimizer =
+    k·A·4/S (A = L · adapter_params); the FSDP buffers hold layers as stored and no head gradient;
+    a target layer's weight is dequantized to p_b for its matmuls (one at a time: a layer transient)."""
+    s, n, t, a = p.shape, parameter_count(p.shape), tokens_per_gpu(p), p.adapters
     m, pb = dtype_bytes(p.model_dtype), dtype_bytes(p.param_dtype or p.model_dtype)
     rb = dtype_bytes(p.reduce_dtype or p.param_dtype or p.model_dtype)
-    state = n * m / p.shards * (not p.cpu_offload)
-    lines = {"runtime": RUNTIME_GIB * GIB * p.gpu, "parameters": state, "gradients": state}
-    lines |= {"optimizer": p.optimizer_states * state, "reference copy": state * p.reference_copy}
-    layer = layer_params(s)
+    on_gpu = not p.cpu_offload
+    if a is None:
+        weights = trained = n * m / p.shards
+    else:
+        trained = s.layers * adapter_params(s, a) * ADAPTER_BYTES / p.shards
+        weights = (s.layers * layer_bytes(s, a, m) + root_params(s) * m) / p.shards
+    state = trained * on_gpu
+    lines = {"runtime": RUNTIME_GIB * GIB * p.gpu, "parameters": weights * on_gpu, "gradients": state}
+    lines |= {"optimizer": p.optimizer_states * state, "reference copy": weights * on_gpu * p.reference_copy}
+    layer, head_gradient = layer_bytes(s, a, pb), s.vocab * s.hidden * pb * (a is None)
+    layer_gradient = layer_params(s) if a is None else adapter_params(s, a)
     lines["fsdp buffers"] = p.fsdp * (
-        (root_params(s) + 2 * layer + s.vocab * s.hidden) * pb + layer * (pb + rb * (rb != pb))
+        root_params(s) * pb + 2 * layer + head_gradient + layer_gradient * (pb + rb * (rb != pb))
     )
     per_token = activation_bytes_per_token(s, pb, p.checkpointing)
-    transients = {k: v * t for k, v in per_token.items() if k != "saved"} | head_bytes(s, t, p.chunk_tokens, pb)
+    transients = {k: v * t for k, v in per_token.items() if k != "saved"} | head_bytes(
+        s, t, p.chunk_tokens, pb, trained=a is None
+    )
+    if a is not None and a.nf4:
+        transients["layer"] += max(i * o for name, (i, o) in linear_shapes(s).items() if name in a.targets) * pb
     peak_transient = max(transients, key=transients.get)
     lines |= {"activations saved": per_token["saved"] * t, "activation transient": transients[peak_transient]}
     engine = vllm_share(p) if p.engine == "vllm" else None
@@ -208,18 +273,15 @@ def breakdown(p: Setup) -> dict:
     resident = static - lines["gradients"]  # update_policy ends with zero_grad(set_to_none=True)
     if p.engine == "hf":  # generate on the policy: KV of the sequences at once, their logits, FSDP all-gathers
         seqs = min(p.hf_sequences, p.rows)
-        share = (
-            seqs * p.context * kv_bytes_per_token(s, pb)
-            + 3 * seqs * s.vocab * 4
-            + p.fsdp * (root_params(s) + 2 * layer) * pb
-        )
+        share = seqs * p.context * kv_bytes_per_token(s, pb) + 3 * seqs * s.vocab * 4
+        share += p.fsdp * (root_params(s) * pb + 2 * layer)
     else:
         share = engine["total"] if engine else 0.0
     kv_tokens = engine["kv_cache"] / kv_bytes_per_token(s, dtype_bytes(p.vllm_dtype), p.tp) if engine else None
     update, rollout, limit = trainer_update + lines["vllm (update)"], resident + share, p.gpu_gib * GIB
     limits = [name for name, over in (("update", update > limit), ("rollout", rollout > limit)) if over]
     limits += ["vLLM KV cache"] if kv_tokens is not None and kv_tokens < p.context else []
-    host = (2 + p.optimizer_states) * n * m / p.shards * p.cpu_offload + (
+    host = (weights + (1 + p.optimizer_states) * trained) * p.cpu_offload + (
         engine["weights"] if engine and p.gpu and p.sleeps and p.sleep_level == 1 else 0.0
     )
     return {

@@ -18,9 +18,11 @@ from pathlib import Path
 from k15.memory import (
     GIB,
     MIB,
+    Adapters,
     PlanError,
     Setup,
     Shape,
+    adapter_params,
     breakdown,
     dtype_bytes,
     largest_context,
@@ -198,6 +200,12 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
     else:
         per_step = get(cfg, "data.init_args.batch_size", 1)
     vdtype = eargs.get("dtype") or "bfloat16"
+    adapters = read_adapters(cfg, f"{m}.lora", shape)
+    if adapters and adapters.nf4 and param_dtype not in (None, model_dtype):
+        raise PlanError(
+            f"trainer.strategy.init_args.param_dtype: QLoRA keeps its 4-bit codes in the model's dtype "
+            f"({model_dtype}); FSDP2 would cast them (set it to null; k15 fit refuses it too)"
+        )
     setup = Setup(
         shape=shape, context=context or (vllm and eargs.get("max_model_len")) or shape.max_positions, gpu_gib=gpu_gib,
         gpu=str(get(cfg, "trainer.accelerator", "auto")) != "cpu", model_dtype=model_dtype, param_dtype=param_dtype,
@@ -213,13 +221,33 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
         tp=int(eargs.get("tensor_parallel_size") or 1), utilization=float(eargs.get("gpu_memory_utilization") or 0.5),
         kv_cache_gib=eargs.get("kv_cache_gib"), sleeps=bool(eargs.get("sleep_between_rollouts", True)),
         sleep_level=int(eargs.get("sleep_level") or 2),
-        hf_sequences=int(eargs.get("max_sequences") or 512),
+        hf_sequences=int(eargs.get("max_sequences") or 512), adapters=adapters,
     )  # fmt: skip
     if setup.context > shape.max_positions:
         notes.append(f"context {setup.context:,} is past the model's {shape.max_positions:,} positions (RoPE scaling)")
     if vllm and setup.gpu and setup.sleeps and setup.sleep_level == 1:
         notes.append("while vLLM sleeps at level 1 its weights wait in host memory (level 2 drops them)")
     return setup, notes
+
+
+def read_adapters(cfg, key: str, shape: Shape) -> Adapters | None:
+    """``model.init_args.lora`` (``k15.lora.LoRA``) as the plan's ``Adapters``; None: full fine-tuning."""
+    name, args = component(cfg, key)
+    if name is None:
+        return None
+    if name != "LoRA":
+        raise PlanError(f"{key}: the plan reads k15.lora.LoRA, not {name}")
+    from k15.lora import LoRA
+    from k15.memory import linear_shapes
+
+    args = defaults(LoRA) | args
+    targets = tuple(args["target_modules"])
+    if unknown := sorted(set(targets) - set(linear_shapes(shape))):
+        raise PlanError(
+            f"{key}.init_args.target_modules: no {unknown[0]!r} in the model "
+            f"(Qwen2's: {', '.join(linear_shapes(shape))})"
+        )
+    return Adapters(int(args["rank"]), targets, bool(args["quantize_base"]), bool(args["double_quant"]))
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
@@ -250,6 +278,14 @@ def report(p: Setup, notes: list[str]) -> str:
     rows = [
         f"k15 plan: {plan['parameters']:,} parameters: {s.layers} layers, hidden {s.hidden}, heads "
         f"{s.heads}/{s.kv_heads} × {s.head_dim}, intermediate {s.intermediate}, vocab {s.vocab:,}{', tied' * s.tied}",
+        *(
+            [
+                f"  {'QLoRA' if p.adapters.nf4 else 'LoRA'} rank {p.adapters.rank} on {', '.join(p.adapters.targets)}: "
+                f"A = {p.shape.layers * adapter_params(p.shape, p.adapters):,} trained parameters"
+            ]
+            if p.adapters
+            else []
+        ),
         f"  {p.world} × {p.gpu_gib:g} GiB, " + (f"FSDP over {p.shards}, SP {p.sp}" if p.fsdp else "unsharded")
         + f"; weights {p.model_dtype}, compute {p.param_dtype or p.model_dtype}" + ", CPU offload" * p.cpu_offload,
         f"  context {p.context:,} → {plan['tokens_per_gpu']:,} tokens {where} a micro-batch; activation checkpointing "
@@ -262,9 +298,15 @@ def report(p: Setup, notes: list[str]) -> str:
 
     lines, host = b["lines"], " (host)" * p.cpu_offload
     line("runtime (CUDA context, NCCL, workspaces)", lines["runtime"], show=p.gpu)
-    line(f"parameters       N·{m} B / {p.shards}{host}", lines["parameters"])
-    line(f"gradients        N·{m} B / {p.shards}{host}", lines["gradients"])
-    line(f"optimizer state  {p.optimizer_states}·N·{m} B / {p.shards}{host}", lines["optimizer"])
+    if p.adapters is None:
+        line(f"parameters       N·{m} B / {p.shards}{host}", lines["parameters"])
+        line(f"gradients        N·{m} B / {p.shards}{host}", lines["gradients"])
+        line(f"optimizer state  {p.optimizer_states}·N·{m} B / {p.shards}{host}", lines["optimizer"])
+    else:
+        base = "NF4" if p.adapters.nf4 else p.model_dtype
+        line(f"parameters       {base} base + fp32 adapters / {p.shards}{host}", lines["parameters"])
+        line(f"gradients        A·4 B / {p.shards}{host}", lines["gradients"])
+        line(f"optimizer state  {p.optimizer_states}·A·4 B / {p.shards}{host}", lines["optimizer"])
     line("reference copy (reference mode: initial)", lines["reference copy"], show=p.reference_copy)
     line("FSDP unsharded parameters and gradients in flight", lines["fsdp buffers"], show=p.fsdp)
     line(

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from k15.data.prompts import PromptBatch, all_ranks
 from k15.errors import require_at_least_one
 from k15.language_module import LanguageModule
+from k15.lora import LoRA
 from k15.losses import KimiLoss, PolicyLoss
 from k15.metrics import log_iteration, over_ranks
 from k15.models import ModelSource
@@ -38,7 +39,7 @@ class PolicyModule(LanguageModule):
 
     Args:
         model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row,
-            logprob_chunk_tokens, activation_checkpointing: see ``LanguageModule``.
+            logprob_chunk_tokens, activation_checkpointing, lora: see ``LanguageModule``.
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
         loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …; None: ``KimiLoss(tau=0.5)``).
@@ -77,6 +78,7 @@ class PolicyModule(LanguageModule):
         seed: int = 0,
         logprob_chunk_tokens: int = 1024,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ):
         super().__init__(
             model,
@@ -87,6 +89,7 @@ class PolicyModule(LanguageModule):
             max_skipped_steps_in_a_row,
             logprob_chunk_tokens,
             activation_checkpointing,
+            lora,
         )
         self.rollout = rollout
         require_at_least_one(

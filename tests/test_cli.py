@@ -3,6 +3,7 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,14 +148,21 @@ def test_loss_and_verifier_swapped_by_overlays_train(sft_run, shard_dir):
     assert [s.value for s in logged["heldout/verifier/checks"]] == [12.0]
 
 
-RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml"))
-OVERLAYS = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml"))
+# top-level overlays, and the configs they go on
+TOP_OVERLAYS = {"qlora.yaml": ["tiny.yaml"], "long_cot_qlora_1gpu.yaml": ["long_cot.yaml", "qlora.yaml"]}
+RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml") if p.name not in TOP_OVERLAYS)
+OVERLAYS = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml")) + sorted(map(Path, TOP_OVERLAYS))
 OVERLAID = {"sft": "tiny_sft.yaml", "smoke": "long_cot.yaml"}  # the recipe an overlay folder applies to (else tiny)
+
+
+def base_configs(overlay: Path) -> list[str]:
+    under = TOP_OVERLAYS.get(str(overlay)) or [OVERLAID.get(overlay.parts[0], "tiny.yaml")]
+    return [arg for name in under for arg in ("-c", str(CONF / name))]
 
 
 @pytest.mark.parametrize("config", RECIPES + OVERLAYS, ids=str)
 def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
-    stack = [] if config in RECIPES else ["-c", str(CONF / OVERLAID.get(config.parts[0], "tiny.yaml"))]
+    stack = [] if config in RECIPES else base_configs(config)
     first = k15("fit", *stack, "-c", str(CONF / config), "--print_config").stdout
     (tmp_path / "printed.yaml").write_text(first)
     assert k15("fit", "-c", str(tmp_path / "printed.yaml"), "--print_config").stdout == first

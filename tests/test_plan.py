@@ -247,3 +247,51 @@ def test_python_m_k15_dispatches_plan_and_the_rest():
     result = k15("plan", "-c", PLAN_7B, "--json")
     assert json.loads(result.stdout)["smallest_sp"] == 2
     assert "fit" in k15("--help", cwd=ROOT).stdout
+
+
+LORA_SHAPES = [
+    Shape(vocab=20, hidden=64, layers=2, heads=2, kv_heads=1, head_dim=32, intermediate=128),
+    Shape(vocab=97, hidden=128, layers=3, heads=4, kv_heads=2, head_dim=32, intermediate=256, tied=False),
+]
+
+
+@pytest.mark.parametrize("shape", LORA_SHAPES)
+@pytest.mark.parametrize("targets", [memory.linear_shapes(LORA_SHAPES[0]), ("q_proj", "v_proj")], ids=["all", "qv"])
+def test_adapters_and_nf4_bytes_are_what_a_real_qlora_model_holds(shape, targets):
+    """The plan's A (trained parameters) is peft's count, and the NF4 base + fp32 adapters it
+    counts are the bytes the quantized model stores, scales and nested scales included."""
+    from k15.lora import LoRA
+
+    model = Qwen2ForCausalLM(qwen2(shape))
+    LoRA(rank=8, target_modules=tuple(targets)).apply(model, torch.device("cpu"))
+    adapters = memory.Adapters(rank=8, targets=tuple(targets))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == shape.layers * memory.adapter_params(
+        shape, adapters
+    )
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    states = [m.quant_state for m in model.modules() if getattr(m, "quant_state", None) is not None]
+    tables = [t for q in states for t in (q.absmax, q.code, q.offset, q.state2.absmax, q.state2.code)]
+    scales = sum(t.numel() * t.element_size() for t in tables)
+    planned = shape.layers * memory.layer_bytes(shape, adapters, 4) + memory.root_params(shape) * 4
+    assert stored + scales == pytest.approx(planned, rel=0.01)
+
+
+def test_the_7b_qlora_recipe_fits_one_gpu_at_32k_and_full_fine_tuning_does_not(capsys):
+    """conf/long_cot_qlora_1gpu.yaml: a bf16 7B with rank-16 adapters on every linear layer; the
+    same setup training every weight (bf16 AdamW state, no sharding) does not fit one GPU."""
+    files = ["-c", str(CONF / "long_cot.yaml"), "-c", str(CONF / "qlora.yaml")]
+    files += ["-c", str(CONF / "long_cot_qlora_1gpu.yaml")]
+    assert plan.main([*files, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["fits"] and summary["context"] == 32_768 and summary["setup"]["world"] == 1
+    assert summary["setup"]["adapters"]["rank"] == 16
+    lines = summary["lines_gib"]
+    assert lines["gradients"] < 0.2 and lines["optimizer"] == pytest.approx(2 * lines["gradients"], rel=0.01)
+    setup, _ = plan.read_setup(parsed_config(files))
+    assert not memory.fits(replace(setup, adapters=None))
+
+
+def test_qlora_under_a_bf16_all_gather_of_an_fp32_model_is_refused(capsys):
+    files = ["-c", str(CONF / "long_cot.yaml"), "-c", str(CONF / "qlora.yaml")]  # fp32 masters, bf16 param_dtype
+    assert plan.main(files) == 2
+    assert "trainer.strategy.init_args.param_dtype" in capsys.readouterr().err

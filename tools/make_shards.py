@@ -73,10 +73,10 @@ def write_samples(samples: list[dict], pattern: str, per_shard: int) -> int:
     return len(samples)
 
 
-def records(count: int, seed: int, exclude: set[str]) -> list[dict]:
+def records(count: int, seed: int, exclude: set[str], max_difficulty: int = MAX_DIFFICULTY) -> list[dict]:
     rng, out, seen = random.Random(seed), [], set(exclude)
     while len(out) < count:
-        problem = sample_problem(rng, rng.randint(1, MAX_DIFFICULTY))
+        problem = sample_problem(rng, rng.randint(1, max_difficulty))
         if problem.prompt in seen:
             continue
         seen.add(problem.prompt)
@@ -109,6 +109,10 @@ def main() -> None:
     parser.add_argument("--records-per-shard", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", choices=("addition", "vision"), default="addition")
+    parser.add_argument(
+        "--max-difficulty", type=int, default=MAX_DIFFICULTY, choices=range(1, MAX_DIFFICULTY + 1),
+        help="addition: operands of at most this many digits (an easier task learns in fewer steps)",
+    )  # fmt: skip
     parser.add_argument("--from", dest="source", type=Path, help="convert this .jsonl, .json or .parquet file instead")
     parser.add_argument("--image-root", type=Path, help="where relative image paths point (default: the file's folder)")
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="k15", help="--from: where a row keeps each field")
@@ -138,8 +142,9 @@ def main() -> None:
         n_heldout = write_samples(heldout, f"{args.out}/heldout-%06d.tar.gz", args.records_per_shard)
         print(f"wrote {n_train} train and {n_heldout} held-out image records to {args.out}/")
         return
-    heldout = records(args.heldout, seed=args.seed + 1, exclude=set())
-    train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout})
+    hardest = args.max_difficulty
+    heldout = records(args.heldout, seed=args.seed + 1, exclude=set(), max_difficulty=hardest)
+    train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout}, max_difficulty=hardest)
     n_train = write_shards(train, f"{args.out}/train-%06d.tar.gz", records_per_shard=args.records_per_shard)
     n_heldout = write_shards(heldout, f"{args.out}/heldout-%06d.tar.gz")
     print(f"wrote {n_train} train and {n_heldout} held-out records to {args.out}/")

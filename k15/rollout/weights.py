@@ -16,11 +16,13 @@ A tensor that is not a DTensor (a single process, or a replicated buffer) is pas
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from k15.lora import lora_layers, merged_weights, packed_weight_names
 
 Named = tuple[str, Tensor]
 
@@ -70,16 +72,32 @@ def gather_bucket(bucket: list[Named], dtype: torch.dtype) -> list[Named]:
     return out
 
 
-def full_weights(model: nn.Module, bucket_bytes: int, dtype: torch.dtype) -> Iterator[Named]:
+def full_weights(
+    model: nn.Module, bucket_bytes: int, dtype: torch.dtype, packed: Container[str] = ()
+) -> Iterator[Named]:
     """``model``'s state dict as full tensors (in ``dtype``), gathered ``bucket_bytes`` at a time.
 
     Lazy: a bucket is gathered when the consumer reaches it, and freed once it has moved on, so
     at most one bucket of full tensors exists at once. Every rank must consume it to the end.
+    Tensors named in ``packed`` (4-bit codes stored in a float dtype) keep their dtype: a cast
+    would change their bits.
     """
     named = list(model.state_dict().items())
     sharded = [(n, t) for n, t in named if sharded_rows(t)]
     whole = [(n, t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in named if not sharded_rows(t)]
     for name, tensor in whole:
-        yield name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor
-    for bucket in buckets(sharded, bucket_bytes, dtype):
+        cast = tensor.is_floating_point() and name not in packed
+        yield name, tensor.detach().to(dtype) if cast else tensor.detach()
+    for bucket in buckets([(n, t) for n, t in sharded if n not in packed], bucket_bytes, dtype):
         yield from gather_bucket(bucket, dtype)
+    codes = [(n, t) for n, t in sharded if n in packed]
+    for bucket in buckets(codes, bucket_bytes, codes[0][1].dtype if codes else dtype):
+        yield from gather_bucket(bucket, bucket[0][1].dtype)
+
+
+def engine_weights(model: nn.Module, bucket_bytes: int, dtype: torch.dtype) -> Iterator[Named]:
+    """What an inference engine loads: ``full_weights``, with LoRA adapters (over a 4-bit base for
+    QLoRA) merged into plain weights, W̃ + s · B A (``k15.lora.merged_weights``)."""
+    if not lora_layers(model):
+        return full_weights(model, bucket_bytes, dtype)
+    return merged_weights(model, full_weights(model, bucket_bytes, dtype, packed_weight_names(model)), dtype)
