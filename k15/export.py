@@ -13,6 +13,7 @@ from __future__ import annotations
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from k15.deepspeed import zero3_master_weights, zero3_partitioned
 from k15.finite import require_finite_weights
 from k15.lora import adapter_state, lora_layers, merged_weights
 
@@ -31,8 +32,12 @@ class ExportPretrained(Callback):
             f"the export to {self.dirpath}",
             lambda ok: trainer.strategy.reduce_boolean_decision(ok, all=True),
         )
-        # every rank joins the gather of sharded (FSDP2) weights; rank 0 writes
-        state = get_model_state_dict(pl_module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # every rank joins the gather of sharded (FSDP2) or partitioned (ZeRO-3) weights; rank 0 writes
+        if zero3_partitioned(pl_module.model):
+            state = dict(zero3_master_weights(pl_module.model))
+        else:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_model_state_dict(pl_module.model, options=options)
         if trainer.is_global_zero:
             model = pl_module.model
             if lora_layers(model):

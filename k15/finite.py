@@ -20,7 +20,10 @@ from k15.errors import RunStopped, require_at_least_one
 
 
 def local(tensor: Tensor) -> Tensor:
-    """This rank's shard of a DTensor (FSDP2), or the tensor itself."""
+    """This rank's shard of a DTensor (FSDP2), its partition of a ZeRO-3 parameter (which is an
+    empty placeholder outside a gather), or the tensor itself."""
+    if hasattr(tensor, "ds_tensor"):
+        return tensor.ds_tensor
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 

@@ -74,6 +74,17 @@ def layer_params(s: Shape) -> int:
 
 
 @dataclass(frozen=True)
+class ZeRO3:
+    """DeepSpeed ZeRO-3 (``k15.deepspeed.ZeRO3Strategy``): bf16 weights with fp32 master weights,
+    gradients accumulated in fp32 or bf16, parts of each offloadable to the host."""
+
+    bf16: bool = True
+    fp32_gradients: bool = True
+    offload_parameters: bool = False
+    offload_optimizer: bool = False
+
+
+@dataclass(frozen=True)
 class Adapters:
     """LoRA (``k15.lora.LoRA``): rank r on the named linear layers, the base in NF4 for QLoRA."""
 
@@ -204,6 +215,7 @@ class Setup:
     sleep_level: int = 2  # 1: the sleeping engine's weights wait in host memory; 2: dropped
     hf_sequences: int = 512
     adapters: Adapters | None = None  # LoRA / QLoRA; None: every weight trains
+    zero3: ZeRO3 | None = None  # k15.deepspeed.ZeRO3Strategy (shards = world)
 
 
 def tokens_per_gpu(p: Setup) -> int:
@@ -252,6 +264,11 @@ def breakdown(p: Setup) -> dict:
     state = trained * on_gpu
     lines = {"runtime": RUNTIME_GIB * GIB * p.gpu, "parameters": weights * on_gpu, "gradients": state}
     lines |= {"optimizer": p.optimizer_states * state, "reference copy": weights * on_gpu * p.reference_copy}
+    if p.zero3:
+        lines, host = zero3_lines(p, n, lines)
+    else:
+        host = (weights + (1 + p.optimizer_states) * trained) * p.cpu_offload
+    lines["master weights"] = lines.get("master weights", 0.0)
     layer, head_gradient = layer_bytes(s, a, pb), s.vocab * s.hidden * pb * (a is None)
     layer_gradient = layer_params(s) if a is None else adapter_params(s, a)
     lines["fsdp buffers"] = p.fsdp * (
@@ -267,7 +284,9 @@ def breakdown(p: Setup) -> dict:
     lines |= {"activations saved": per_token["saved"] * t, "activation transient": transients[peak_transient]}
     engine = vllm_share(p) if p.engine == "vllm" else None
     lines["vllm (update)"] = engine["total"] if engine and not (p.gpu and p.sleeps) else 0.0
-    static = sum(lines[k] for k in ("runtime", "parameters", "gradients", "optimizer", "reference copy"))
+    static = sum(
+        lines[k] for k in ("runtime", "parameters", "master weights", "gradients", "optimizer", "reference copy")
+    )
     work = lines["fsdp buffers"] + lines["activations saved"] + lines["activation transient"]
     trainer_update = static + max(work, state)
     resident = static - lines["gradients"]  # update_policy ends with zero_grad(set_to_none=True)
@@ -281,15 +300,35 @@ def breakdown(p: Setup) -> dict:
     update, rollout, limit = trainer_update + lines["vllm (update)"], resident + share, p.gpu_gib * GIB
     limits = [name for name, over in (("update", update > limit), ("rollout", rollout > limit)) if over]
     limits += ["vLLM KV cache"] if kv_tokens is not None and kv_tokens < p.context else []
-    host = (weights + (1 + p.optimizer_states) * trained) * p.cpu_offload + (
-        engine["weights"] if engine and p.gpu and p.sleeps and p.sleep_level == 1 else 0.0
-    )
+    host += engine["weights"] if engine and p.gpu and p.sleeps and p.sleep_level == 1 else 0.0
     return {
         "lines": lines, "tokens_per_gpu": t, "transients": transients, "peak_transient": peak_transient,
         "trainer_update_peak": trainer_update, "update_peak": update, "rollout_peak": rollout,
         "trainer_resident": resident, "engine": engine, "kv_tokens": kv_tokens, "host": host,
         "fits": not limits, "over": limits,
     }  # fmt: skip
+
+
+def zero3_lines(p: Setup, n: int, lines: dict) -> tuple[dict, float]:
+    """ZeRO-3's partitions a rank keeps, and what it offloads to the host: weights N·p_b/R (bf16, or
+    the model's dtype), fp32 master weights 4N/R (bf16 only), gradients N·(4 or p_b)/R, optimizer
+    k·4N/R; ``offload_parameters`` moves the weights, ``offload_optimizer`` the rest."""
+    z, r, m = p.zero3, p.shards, dtype_bytes(p.model_dtype)
+    weight_bytes = 2 if z.bf16 else m
+    parts = {
+        "parameters": n * weight_bytes / r,
+        "master weights": n * 4 / r * z.bf16,
+        "gradients": n * (4 if z.fp32_gradients or not z.bf16 else 2) / r,
+        "optimizer": p.optimizer_states * n * 4 / r,
+    }
+    offloaded = {"parameters": z.offload_parameters} | dict.fromkeys(
+        ("master weights", "gradients", "optimizer"), z.offload_optimizer
+    )
+    host = sum(v for k, v in parts.items() if offloaded[k])
+    return lines | {k: 0.0 if offloaded[k] else v for k, v in parts.items()}, host
+
+
+STATIC = ("runtime", "parameters", "master weights", "gradients", "optimizer", "reference copy")  # between steps
 
 
 def fits(p: Setup) -> bool:

@@ -22,6 +22,7 @@ from k15.memory import (
     PlanError,
     Setup,
     Shape,
+    ZeRO3,
     adapter_params,
     breakdown,
     dtype_bytes,
@@ -52,7 +53,9 @@ def component(cfg, key: str) -> tuple[str | None, dict]:
     return short(node["class_path"]), node.get("init_args") or {}
 
 
-PLANNED_STRATEGIES = ("FSDP2Strategy", "ModelParallelStrategy", "FSDPStrategy", "DDPStrategy", "SingleDeviceStrategy")
+PLANNED_STRATEGIES = (
+    "FSDP2Strategy", "ZeRO3Strategy", "ModelParallelStrategy", "FSDPStrategy", "DDPStrategy", "SingleDeviceStrategy",
+)  # fmt: skip
 REGISTERED_STRATEGIES = {  # Lightning's registry names, as trainer.strategy: NAME
     "auto": "SingleDeviceStrategy", "single_device": "SingleDeviceStrategy", "ddp": "DDPStrategy",
     "ddp_spawn": "DDPStrategy", "fsdp": "FSDPStrategy", "model_parallel": "ModelParallelStrategy",
@@ -165,7 +168,7 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
         raise PlanError(f"trainer.strategy: the plan knows {', '.join(PLANNED_STRATEGIES)}, not {strategy!r}")
     sp, shards = (
         int(sargs.get("sequence_parallel_size") or 1),
-        world if strategy in ("FSDP2Strategy", "FSDPStrategy") else 1,
+        world if strategy in ("FSDP2Strategy", "FSDPStrategy", "ZeRO3Strategy") else 1,
     )
     auto = lambda arg, value: value if sargs.get(arg) in (None, "auto") else int(sargs[arg])  # noqa: E731
     if strategy == "FSDP2Strategy" and (dp := auto("data_parallel_size", world // sp)) * sp != world:
@@ -177,6 +180,9 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
         shards = auto("data_parallel_size", world // tp)
         notes += [f"ModelParallelStrategy: tensor_parallel_size {tp} splits nothing in k15"] if tp > 1 else []
     param_dtype, reduce_dtype = sargs.get("param_dtype"), sargs.get("reduce_dtype")
+    zero3 = read_zero3(sargs) if strategy == "ZeRO3Strategy" else None
+    if zero3 and zero3.bf16:
+        param_dtype = "bfloat16"
     precision = str(get(cfg, "trainer.precision", "32"))
     if precision in ("bf16-true", "16-true"):
         model_dtype = "bfloat16" if precision.startswith("bf16") else "float16"
@@ -201,6 +207,8 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
         per_step = get(cfg, "data.init_args.batch_size", 1)
     vdtype = eargs.get("dtype") or "bfloat16"
     adapters = read_adapters(cfg, f"{m}.lora", shape)
+    if adapters and zero3:
+        raise PlanError(f"{m}.lora: LoRA under ZeRO3Strategy is not supported (use FSDP2Strategy)")
     if adapters and adapters.nf4 and param_dtype not in (None, model_dtype):
         raise PlanError(
             f"trainer.strategy.init_args.param_dtype: QLoRA keeps its 4-bit codes in the model's dtype "
@@ -214,20 +222,31 @@ def read_setup(cfg, context: int | None = None, gpu_gib: float = 80.0) -> tuple[
         chunk_tokens=int(get(cfg, f"{m}.logprob_chunk_tokens", 1024)),
         micro_batch_tokens=get(cfg, f"{m}.max_tokens_per_micro_batch") or get(cfg, f"{m}.micro_batch_tokens"),
         rows=int(get(cfg, f"{m}.trajectories_per_step") or per_step), world=world, sp=sp, shards=shards,
-        fsdp=strategy in ("FSDP2Strategy", "ModelParallelStrategy", "FSDPStrategy"),
+        fsdp=strategy in ("FSDP2Strategy", "ModelParallelStrategy", "FSDPStrategy", "ZeRO3Strategy"),
         sp_capable=strategy == "FSDP2Strategy", cpu_offload=bool(sargs.get("cpu_offload")),
         reference_copy=get(cfg, f"{m}.reference.init_args.mode") == "initial",
         engine="vllm" if vllm else "hf" if engine else None, vllm_dtype=model_dtype if vdtype == "auto" else vdtype,
         tp=int(eargs.get("tensor_parallel_size") or 1), utilization=float(eargs.get("gpu_memory_utilization") or 0.5),
         kv_cache_gib=eargs.get("kv_cache_gib"), sleeps=bool(eargs.get("sleep_between_rollouts", True)),
         sleep_level=int(eargs.get("sleep_level") or 2),
-        hf_sequences=int(eargs.get("max_sequences") or 512), adapters=adapters,
+        hf_sequences=int(eargs.get("max_sequences") or 512), adapters=adapters, zero3=zero3,
     )  # fmt: skip
     if setup.context > shape.max_positions:
         notes.append(f"context {setup.context:,} is past the model's {shape.max_positions:,} positions (RoPE scaling)")
     if vllm and setup.gpu and setup.sleeps and setup.sleep_level == 1:
         notes.append("while vLLM sleeps at level 1 its weights wait in host memory (level 2 drops them)")
     return setup, notes
+
+
+def read_zero3(args: dict) -> ZeRO3:
+    """``k15.deepspeed.ZeRO3Strategy``'s arguments as the plan's ``ZeRO3`` (its ``config`` overrides are not read)."""
+    from k15.deepspeed import ZeRO3Strategy
+
+    args = defaults(ZeRO3Strategy) | args
+    return ZeRO3(
+        bool(args["bf16"]), bool(args["fp32_gradient_accumulation"]),
+        bool(args["offload_parameters"]), bool(args["offload_optimizer"]),
+    )  # fmt: skip
 
 
 def read_adapters(cfg, key: str, shape: Shape) -> Adapters | None:
@@ -298,15 +317,19 @@ def report(p: Setup, notes: list[str]) -> str:
 
     lines, host = b["lines"], " (host)" * p.cpu_offload
     line("runtime (CUDA context, NCCL, workspaces)", lines["runtime"], show=p.gpu)
-    if p.adapters is None:
-        line(f"parameters       N·{m} B / {p.shards}{host}", lines["parameters"])
-        line(f"gradients        N·{m} B / {p.shards}{host}", lines["gradients"])
-        line(f"optimizer state  {p.optimizer_states}·N·{m} B / {p.shards}{host}", lines["optimizer"])
-    else:
+    r, k = p.shards, p.optimizer_states
+    if p.adapters:
         base = "NF4" if p.adapters.nf4 else p.model_dtype
-        line(f"parameters       {base} base + fp32 adapters / {p.shards}{host}", lines["parameters"])
-        line(f"gradients        A·4 B / {p.shards}{host}", lines["gradients"])
-        line(f"optimizer state  {p.optimizer_states}·A·4 B / {p.shards}{host}", lines["optimizer"])
+        labels = (f"{base} base + fp32 adapters / {r}", f"A·4 B / {r}", f"{k}·A·4 B / {r}")
+    elif p.zero3:
+        grad = 4 if p.zero3.fp32_gradients or not p.zero3.bf16 else 2
+        labels = (f"N·{2 if p.zero3.bf16 else m} B / {r}", f"N·{grad} B / {r}", f"{k}·N·4 B / {r}")
+    else:
+        labels = (f"N·{m} B / {r}", f"N·{m} B / {r}", f"{k}·N·{m} B / {r}")
+    line(f"parameters       {labels[0]}{host}", lines["parameters"])
+    line(f"master weights   N·4 B / {r} (fp32)", lines["master weights"], show=bool(p.zero3 and p.zero3.bf16))
+    line(f"gradients        {labels[1]}{host}", lines["gradients"])
+    line(f"optimizer state  {labels[2]}{host}", lines["optimizer"])
     line("reference copy (reference mode: initial)", lines["reference copy"], show=p.reference_copy)
     line("FSDP unsharded parameters and gradients in flight", lines["fsdp buffers"], show=p.fsdp)
     line(

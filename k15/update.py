@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from k15.deepspeed import zero3_gradient_norm, zero3_optimizer
 from k15.finite import FiniteGuard
 from k15.logprobs import placeholder_loss, token_scores
 from k15.losses import PolicyLoss, sequence_log_ratio
@@ -131,7 +132,10 @@ def update_policy(
                 step_loss += part_loss.detach()
                 log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[mb, :width], in_loss))
             reference_from_first_step = False
-            norm = gradient_norm(parameters, gradient_clip_norm)
+            if zero3_optimizer(raw):  # the gradient is in the optimizer's partitions, p.grad is None
+                norm = zero3_gradient_norm(raw, gradient_clip_norm)
+            else:
+                norm = gradient_norm(parameters, gradient_clip_norm)
             step_losses.append(step_loss)
             grad_norms.append(float(norm))
             if guard.allows(step_loss, norm, agree=agree):

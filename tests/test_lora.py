@@ -113,6 +113,24 @@ def test_export_is_a_merged_model_and_a_peft_adapter(tiny_dir, tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu
+def test_qlora_on_a_gpu_trains_in_bf16_and_merges_exactly(tiny_dir):
+    """The CUDA path the CPU cannot take: a bf16 base quantized on the GPU (bitsandbytes' CUDA
+    kernels, the quantization state on the device), fp32 adapters, one AdamW step, and the merged
+    bf16 weights computing what the adapted model does."""
+    model = Pretrained(str(tiny_dir), dtype="bfloat16").model().cuda()
+    LoRA(rank=4, alpha=8).apply(model, torch.device("cuda"))
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # peft upcasts adapters
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.tensor([[1, 5, 9, 7, 12, 6, 8, 4, 10]], device="cuda")
+    model.train()(ids).logits.float().log_softmax(-1).mean().backward()
+    optimizer.step()
+    merged = Pretrained(str(tiny_dir), dtype="bfloat16").model().cuda()
+    merged.load_state_dict(dict(engine_weights(model, 1 << 20, torch.bfloat16)))
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids).logits, model.eval()(ids).logits, atol=0.05, rtol=0.02)
+
+
 # ---- QLoRA RL through the CLI ------------------------------------------------------------------------------------
 
 QLORA = ["-c", str(CONF / "qlora.yaml"), "--model.init_args.optimizer.init_args.lr=3e-4"]

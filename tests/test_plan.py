@@ -295,3 +295,20 @@ def test_qlora_under_a_bf16_all_gather_of_an_fp32_model_is_refused(capsys):
     files = ["-c", str(CONF / "long_cot.yaml"), "-c", str(CONF / "qlora.yaml")]  # fp32 masters, bf16 param_dtype
     assert plan.main(files) == 2
     assert "trainer.strategy.init_args.param_dtype" in capsys.readouterr().err
+
+
+def test_zero3_keeps_bf16_weights_fp32_master_gradients_and_adam_partitions(capsys):
+    """ZeRO-3 in bf16 over R ranks: (2 + 4 + 4 + 8)·N/R bytes a rank; offloading the optimizer moves
+    the master weights, gradients and Adam state (16·N/R) to the host, the weights stay."""
+    files = ["-c", PLAN_7B, "-c", str(CONF / "strategy/deepspeed_zero3.yaml")]
+    setup, _ = plan.read_setup(parsed_config(files))
+    n, r = memory.parameter_count(setup.shape), 8
+    assert setup.shards == r and setup.param_dtype == "bfloat16" and setup.zero3.bf16
+    lines = memory.breakdown(setup)["lines"]
+    kept = sum(lines[k] for k in ("parameters", "master weights", "gradients", "optimizer"))
+    assert kept == pytest.approx(18 * n / r)
+    offloaded = replace(setup, zero3=replace(setup.zero3, offload_optimizer=True))
+    moved = memory.breakdown(offloaded)
+    assert moved["lines"]["parameters"] == pytest.approx(2 * n / r) and moved["host"] == pytest.approx(16 * n / r)
+    assert plan.main([*files, "--context=65536"]) == 0
+    assert "master weights   N·4 B / 8 (fp32)" in capsys.readouterr().out

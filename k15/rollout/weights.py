@@ -82,6 +82,11 @@ def full_weights(
     Tensors named in ``packed`` (4-bit codes stored in a float dtype) keep their dtype: a cast
     would change their bits.
     """
+    from k15.deepspeed import zero3_full_weights, zero3_partitioned  # here: k15.deepspeed builds on this module
+
+    if zero3_partitioned(model):  # DeepSpeed ZeRO-3 partitions, not DTensors
+        yield from zero3_full_weights(model, bucket_bytes, dtype)
+        return
     named = list(model.state_dict().items())
     sharded = [(n, t) for n, t in named if sharded_rows(t)]
     whole = [(n, t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in named if not sharded_rows(t)]
