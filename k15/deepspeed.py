@@ -21,8 +21,9 @@ Where k15's update (``k15.update``) departs from a plain DeepSpeed loop, and wha
   * the gradient norm: ``p.grad`` is None between backward and step (the gradient lives in the
     optimizer's partitions), so ``zero3_gradient_norm`` sums the ranks' parts; clipping is the
     ZeRO-3 optimizer's own, in its step (by min(1, c / (‖g‖ + 1e-6)), as ``clip_grad_norm_``).
-  * full weights: a parameter outside a gather is an empty placeholder; ``zero3_full_weights``
-    gathers ``bucket_bytes`` of them at a time (``k15.rollout.weights``' counterpart for FSDP2).
+  * full weights: a parameter outside a gather is an empty placeholder; the engine sync gathers
+    ``bucket_bytes`` of them at a time (``k15.rollout.weights.zero3_full_weights``), the export
+    the fp32 master weights (``zero3_master_weights``).
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ import torch.distributed as dist
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
-
-from k15.rollout.weights import Named, buckets
 
 KEY = "trainer.strategy.init_args"
 # set elsewhere in k15's YAML, so a DeepSpeed copy of them would be ignored or would conflict
@@ -270,32 +269,7 @@ def zero3_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def zero3_full_weights(model: nn.Module, bucket_bytes: int, dtype: torch.dtype) -> Iterator[Named]:
-    """``model``'s state dict as full tensors (floating ones in ``dtype``), gathered ``bucket_bytes`` at a time.
-
-    Every rank all-gathers a bucket of parameters (``GatheredParameters``, read-only), copies them
-    out in ``dtype`` and frees the gather before yielding, so the full tensors held at once are one
-    bucket's copies. Tied parameters (one tensor, two names) are gathered once and yielded under
-    both names. Every rank must consume it to the end (all walk the same buckets in the same order).
-    """
-    from deepspeed.runtime.zero import GatheredParameters
-
-    named = list(model.state_dict(keep_vars=True).items())
-    for name, tensor in named:
-        if not hasattr(tensor, "ds_id"):  # buffers: whole on every rank
-            yield name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach()
-    partitioned = [(n, t) for n, t in named if hasattr(t, "ds_id")]
-    by_name = dict(partitioned)
-    # sized by their full shape: outside a gather a partitioned parameter is an empty placeholder
-    shapes = [(n, torch.empty(t.ds_shape, device="meta")) for n, t in partitioned]
-    for bucket in buckets(shapes, bucket_bytes, dtype):
-        params = [by_name[n] for n, _ in bucket]
-        with GatheredParameters(list({id(p): p for p in params}.values()), modifier_rank=None):
-            full = [(n, p.detach().to(dtype, copy=True)) for (n, _), p in zip(bucket, params, strict=True)]
-        yield from full
-
-
-def zero3_master_weights(model: nn.Module) -> Iterator[Named]:
+def zero3_master_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``model``'s state dict as full fp32 master weights on the host, one parameter gathered at a
     time (every rank must take part): what an export keeps, not the bf16 copies the forward uses."""
     from deepspeed.utils import safe_get_full_fp32_param

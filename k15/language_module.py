@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import PreTrainedModel
 
 from k15.data.prompts import PromptBatch, all_ranks
+from k15.deepspeed import ZeRO3Strategy
 from k15.errors import K15Error, require_at_least_one
 from k15.finite import FiniteGuard, require_finite_weights
 from k15.generation import Request, Sampling, hf_sample
@@ -112,7 +113,7 @@ class LanguageModule(LightningModule):
         if self.model is None:
             self.model = self.source.model().train()  # from_pretrained returns eval mode
             if self.lora is not None:
-                self.check_lora_precision()
+                self.check_lora_strategy()
                 self.lora.apply(self.model, self.trainer.strategy.root_device)
             if self.activation_checkpointing:
                 checkpoint_decoder_layers(self.model)
@@ -125,9 +126,12 @@ class LanguageModule(LightningModule):
                 else:
                     shard_decoder(self.model, self._device_mesh["data_parallel"])
 
-    def check_lora_precision(self) -> None:
-        """4-bit codes are stored in the model's dtype; FSDP2 casting them to another would scramble them."""
+    def check_lora_strategy(self) -> None:
+        """4-bit codes are stored in the model's dtype; FSDP2 casting them to another would scramble
+        them. ZeRO-3 builds parameters as empty partitions, which no linear layer can be quantized from."""
         strategy = self.trainer.strategy
+        if isinstance(strategy, ZeRO3Strategy):
+            raise ValueError("model.lora: LoRA and QLoRA run under FSDP2Strategy or one device, not ZeRO3Strategy")
         cast = getattr(strategy, "param_dtype", None)
         if self.lora.quantize_base and cast not in (None, self.model.dtype):
             raise ValueError(

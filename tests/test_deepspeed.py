@@ -18,7 +18,7 @@ from k15_cli import CONF, ROOT, SMALL_RL, data_args, k15, scalars
 from test_update import ROLLOUT_ARGS, TAU, K, rollout_of
 
 from k15.cli import parsed_config
-from k15.deepspeed import ZeRO3Strategy, zero3_full_weights
+from k15.deepspeed import ZeRO3Strategy
 from k15.finite import FiniteGuard, all_finite
 from k15.losses import KimiLoss
 from k15.models import Pretrained
@@ -134,7 +134,7 @@ def _zero3_rank(rank: int, model_dir: str, port: int, strategy_args: dict, resul
     import deepspeed
     import torch.distributed as dist
 
-    from k15.rollout.weights import full_weights
+    from k15.rollout.weights import full_weights, zero3_full_weights
 
     deepspeed.init_distributed("gloo", verbose=False)
     strategy = ZeRO3Strategy(**strategy_args)
@@ -319,3 +319,29 @@ def test_the_tiny_recipe_trains_through_lightning_with_zero3_on_two_cpu_processe
     assert exported.keys() == initial.keys()
     for name, weight in final.items():
         torch.testing.assert_close(exported[name.removeprefix("model.")], weight, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_lora_under_zero3_is_refused_by_name(tiny_dir, shard_dir, tmp_path, master_port):
+    """ZeRO-3 builds every parameter as an empty partition: there is no weight to quantize or wrap."""
+    result = k15(
+        *ZERO3_FIT,
+        "-c",
+        str(CONF / "qlora.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=deepspeed_on_cpu.ZeRO3OnCPU",
+        "--trainer.strategy.init_args.bf16=false",
+        f"--model.init_args.model.init_args.path={tiny_dir}",
+        *data_args(shard_dir),
+        cwd=tmp_path,
+        check=False,
+        env=os.environ
+        | {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
+            "DS_ACCELERATOR": "cpu",
+            "MASTER_PORT": str(master_port),
+        },
+    )
+    assert result.returncode != 0
+    assert "model.lora" in result.stderr and "ZeRO3Strategy" in result.stderr, result.stderr[-2000:]

@@ -12,6 +12,8 @@ engine consumes before the next bucket is gathered:
 
 Every rank walks the same tensors in the same order (``state_dict`` order), so the collectives match.
 A tensor that is not a DTensor (a single process, or a replicated buffer) is passed as it is.
+Under DeepSpeed ZeRO-3 the parameters are partitions, not DTensors: ``zero3_full_weights``
+gathers the same buckets with ``GatheredParameters``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from k15.deepspeed import zero3_partitioned
 from k15.lora import lora_layers, merged_weights, packed_weight_names
 
 Named = tuple[str, Tensor]
@@ -82,8 +85,6 @@ def full_weights(
     Tensors named in ``packed`` (4-bit codes stored in a float dtype) keep their dtype: a cast
     would change their bits.
     """
-    from k15.deepspeed import zero3_full_weights, zero3_partitioned  # here: k15.deepspeed builds on this module
-
     if zero3_partitioned(model):  # DeepSpeed ZeRO-3 partitions, not DTensors
         yield from zero3_full_weights(model, bucket_bytes, dtype)
         return
@@ -98,6 +99,31 @@ def full_weights(
     codes = [(n, t) for n, t in sharded if n in packed]
     for bucket in buckets(codes, bucket_bytes, codes[0][1].dtype if codes else dtype):
         yield from gather_bucket(bucket, bucket[0][1].dtype)
+
+
+def zero3_full_weights(model: nn.Module, bucket_bytes: int, dtype: torch.dtype) -> Iterator[Named]:
+    """``model``'s state dict as full tensors (floating ones in ``dtype``), gathered ``bucket_bytes`` at a time.
+
+    Every rank all-gathers a bucket of parameters (``GatheredParameters``, read-only), copies them
+    out in ``dtype`` and frees the gather before yielding, so the full tensors held at once are one
+    bucket's copies. Tied parameters (one tensor, two names) are gathered once and yielded under
+    both names. Every rank must consume it to the end (all walk the same buckets in the same order).
+    """
+    from deepspeed.runtime.zero import GatheredParameters
+
+    named = list(model.state_dict(keep_vars=True).items())
+    for name, tensor in named:
+        if not hasattr(tensor, "ds_id"):  # buffers: whole on every rank
+            yield name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach()
+    partitioned = [(n, t) for n, t in named if hasattr(t, "ds_id")]
+    by_name = dict(partitioned)
+    # sized by their full shape: outside a gather a partitioned parameter is an empty placeholder
+    shapes = [(n, torch.empty(t.ds_shape, device="meta")) for n, t in partitioned]
+    for bucket in buckets(shapes, bucket_bytes, dtype):
+        params = [by_name[n] for n, _ in bucket]
+        with GatheredParameters(list({id(p): p for p in params}.values()), modifier_rank=None):
+            full = [(n, p.detach().to(dtype, copy=True)) for (n, _), p in zip(bucket, params, strict=True)]
+        yield from full
 
 
 def engine_weights(model: nn.Module, bucket_bytes: int, dtype: torch.dtype) -> Iterator[Named]:
