@@ -2,10 +2,18 @@
 
 Notation (one RL iteration i, P prompts × k samples = N trajectories, T token positions):
     logp      [N, T]  log π_θ(y_t | x, y_<t), the policy being updated
-    ref_logp  [N, T]  log π_θi(y_t | x, y_<t), the policy at the start of the iteration (fixed)
+    ref_logp  [N, T]  log π_θi(y_t | x, y_<t), the policy at the start of the iteration (fixed;
+                      the "old" policy of PPO-style losses)
     mask      [N, T]  1 on the tokens the loss sees (the completion), 0 elsewhere
     rewards   [P, k]  r_j per trajectory
-    a         [N]     advantages, flattened prompt-major (trajectory n belongs to prompt n // k)
+    a         [N]     advantages (``k15.advantages``), flattened prompt-major (trajectory n belongs to prompt n // k)
+    ρ_jt = π_θ(y_t)/π_θi(y_t) = exp(logp − ref_logp), the per-token probability ratio; |y_j| = Σ_t mask_jt
+
+The family (all equal REINFORCE with their advantages at θ = θ_i, up to how tokens are averaged):
+    KimiLoss   k1.5 mirror descent, a mean over trajectories     GRPOLoss   PPO-clip, a mean over tokens
+    DrGRPOLoss PPO-clip, a sum over tokens / constant             RLOOLoss   leave-one-out baseline
+    PPOClipLoss token-level, separate clip ranges (clip-higher)   GSPOLoss   sequence-level ratio
+    CISPOLoss  clipped IS weight, stop-gradient                   ReSTLoss   SFT on the correct samples
 
 The registry is the class hierarchy: every ``PolicyLoss`` subclass imported here can be named in
 YAML (``loss: {class_path: GRPOLoss}``), so swapping the loss is one key.
@@ -18,16 +26,12 @@ import math
 import torch
 from torch import Tensor
 
-
-def mean_baseline_advantages(rewards: Tensor) -> Tensor:
-    """a_j = r_j − r̄ with r̄ = (1/k) Σ_j r_j over the k samples of one prompt. [P, k] → [N]."""
-    return (rewards - rewards.mean(dim=1, keepdim=True)).flatten()
-
-
-def normalized_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
-    """GRPO's a_j = (r_j − r̄) / (std_j r + eps) over the k samples of one prompt. [P, k] → [N]."""
-    centered = rewards - rewards.mean(dim=1, keepdim=True)
-    return (centered / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)).flatten()
+from k15.advantages import (
+    correct_only_advantages,
+    leave_one_out_advantages,
+    mean_baseline_advantages,
+    normalized_advantages,
+)
 
 
 def sequence_log_ratio(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
@@ -47,15 +51,70 @@ def kimi_k15_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, advantages: Tens
     return ((advantages - tau * ratio) ** 2).mean() / (2 * tau)
 
 
-def ppo_clip_loss(logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
-    """PPO/GRPO clipped surrogate, averaged over loss tokens:
+def clipped_surrogate(rho: Tensor, advantages: Tensor, eps_low: float, eps_high: float) -> Tensor:
+    """PPO's per-token (or per-sequence) objective min(ρ a, clip(ρ, 1−ε_low, 1+ε_high) a): no gradient
+    once the ratio has moved past the clip range in the direction the advantage pushes it."""
+    a = advantages if rho.dim() == 1 else advantages[:, None]
+    return torch.minimum(rho * a, rho.clamp(1 - eps_low, 1 + eps_high) * a)
 
-    L = −Σ_{j,t} min(ρ_jt a_j, clip(ρ_jt, 1−ε, 1+ε) a_j) / Σ mask,    ρ_jt = π_θ(y_t)/π_old(y_t)
+
+def ppo_clip_loss(
+    logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tensor, eps_low: float, eps_high: float | None = None
+) -> Tensor:
+    """PPO/GRPO clipped surrogate, averaged over all loss tokens of the batch (DAPO's token level):
+
+    L = −Σ_{j,t} mask_jt · min(ρ_jt a_j, clip(ρ_jt, 1−ε_low, 1+ε_high) a_j) / Σ mask
+    (ε_high > ε_low: DAPO's clip-higher, room for unlikely tokens to grow; None: ε_high = ε_low)
     """
     rho = torch.exp(logp - old_logp)
-    a = advantages[:, None]
-    per_token = torch.minimum(rho * a, rho.clamp(1 - clip_eps, 1 + clip_eps) * a)
+    per_token = clipped_surrogate(rho, advantages, eps_low, eps_low if eps_high is None else eps_high)
     return -(per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dr_grpo_loss(
+    logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tensor, clip_eps: float, max_tokens: int
+) -> Tensor:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training"): GRPO without its two biases,
+    advantages a_j = r_j − r̄ (no std division) and a constant in place of each response's length:
+
+    L = −1/(N · T_max) · Σ_{j,t} mask_jt · min(ρ_jt a_j, clip(ρ_jt, 1−ε, 1+ε) a_j)
+
+    so a long wrong answer is not penalised less per token than a short one."""
+    rho = torch.exp(logp - old_logp)
+    per_token = clipped_surrogate(rho, advantages, clip_eps, clip_eps)
+    return -(per_token * mask).sum() / (len(logp) * max_tokens)
+
+
+def gspo_loss(
+    logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tensor, eps_low: float, eps_high: float
+) -> Tensor:
+    """GSPO (Zheng et al. 2025): one importance ratio per sequence, the length-normalised likelihood ratio
+
+    s_j = exp(Σ_t mask_jt (log π_θ − log π_θi) / |y_j|),   L = −mean_j min(s_j a_j, clip(s_j, 1−ε_low, 1+ε_high) a_j)
+
+    (ε ~ 3e-4–4e-4: s_j is a geometric mean of per-token ratios, far tighter than any one of them)."""
+    lengths = mask.sum(dim=1).clamp(min=1)
+    s = torch.exp(sequence_log_ratio(logp, old_logp, mask) / lengths)
+    return -clipped_surrogate(s, advantages, eps_low, eps_high).mean()
+
+
+def cispo_loss(
+    logp: Tensor, old_logp: Tensor, mask: Tensor, advantages: Tensor, eps_low: float, eps_high: float
+) -> Tensor:
+    """CISPO (MiniMax-M1, 2025): clip the importance weight, not the update, so that every token keeps
+    its gradient (PPO drops the rare "wait"/"recheck" tokens whose ratio moves first):
+
+    L = −Σ_{j,t} mask_jt · sg(clip(ρ_jt, 1−ε_low, 1+ε_high)) · a_j · log π_θ(y_t) / Σ mask,   sg: stop-gradient
+    """
+    weight = torch.exp(logp - old_logp).clamp(1 - eps_low, 1 + eps_high).detach()
+    return -(weight * advantages[:, None] * logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def rest_loss(logp: Tensor, mask: Tensor, advantages: Tensor) -> Tensor:
+    """ReST / rejection-sampling fine-tuning: the SFT loss on the samples with a_j = 1 (the correct
+    ones), averaged over all loss tokens: L = −Σ_{j,t} mask_jt a_j log π_θ(y_t) / Σ mask. With
+    a_j ∈ {0, 1} a wrong sample contributes nothing: no negative gradient (the k1.5 report's Fig. 10)."""
+    return -(advantages[:, None] * logp * mask).sum() / mask.sum().clamp(min=1)
 
 
 class PolicyLoss:
@@ -87,8 +146,7 @@ class KimiLoss(PolicyLoss):
     """
 
     def __init__(self, tau: float = 0.5):
-        if not (math.isfinite(tau) and tau > 0):
-            raise ValueError(f"KimiLoss.tau must be a finite number > 0 (it divides the loss), got {tau}")
+        positive("KimiLoss", tau=tau)  # it divides the loss
         self.tau = tau
 
     def advantages(self, rewards: Tensor) -> Tensor:
@@ -98,7 +156,21 @@ class KimiLoss(PolicyLoss):
         return kimi_k15_loss(logp, ref_logp, mask, advantages, self.tau)
 
 
-class GRPOLoss(PolicyLoss):
+class TokenMeanLoss(PolicyLoss):
+    """A loss averaged over the tokens of a step: a micro-batch weighs tokens_part / tokens_whole."""
+
+    def micro_batch_weight(self, part_mask, whole_mask):
+        return float(part_mask.sum() / whole_mask.sum().clamp(min=1))
+
+
+def positive(name: str, **values: float | None) -> None:
+    """Raise naming ``name.key`` unless every value given is a finite number > 0."""
+    for key, value in values.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}.{key} must be a finite number > 0, got {value}")
+
+
+class GRPOLoss(TokenMeanLoss):
     """GRPO (DeepSeekMath): group-normalised advantages, PPO clipping against π_θi, no KL term.
 
     Args:
@@ -106,8 +178,7 @@ class GRPOLoss(PolicyLoss):
     """
 
     def __init__(self, clip_eps: float = 0.2):
-        if not (math.isfinite(clip_eps) and clip_eps > 0):
-            raise ValueError(f"GRPOLoss.clip_eps must be a finite number > 0, got {clip_eps}")
+        positive("GRPOLoss", clip_eps=clip_eps)
         self.clip_eps = clip_eps
 
     def advantages(self, rewards: Tensor) -> Tensor:
@@ -116,5 +187,119 @@ class GRPOLoss(PolicyLoss):
     def __call__(self, logp, ref_logp, mask, advantages):
         return ppo_clip_loss(logp, ref_logp, mask, advantages, self.clip_eps)
 
-    def micro_batch_weight(self, part_mask, whole_mask):
-        return float(part_mask.sum() / whole_mask.sum().clamp(min=1))  # a mean over tokens
+
+class PPOClipLoss(TokenMeanLoss):
+    """Token-level PPO-clip with separate clip ranges (DAPO's clip-higher: ε_high = 0.28 > ε_low = 0.2).
+
+    Args:
+        eps_low, eps_high: the ratio's clip range [1 − ε_low, 1 + ε_high].
+        normalize_std: advantages (r − r̄) / std (GRPO, DAPO) or r − r̄.
+    """
+
+    def __init__(self, eps_low: float = 0.2, eps_high: float = 0.28, normalize_std: bool = True):
+        positive("PPOClipLoss", eps_low=eps_low, eps_high=eps_high)
+        self.eps_low, self.eps_high, self.normalize_std = eps_low, eps_high, normalize_std
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        return normalized_advantages(rewards) if self.normalize_std else mean_baseline_advantages(rewards)
+
+    def __call__(self, logp, ref_logp, mask, advantages):
+        return ppo_clip_loss(logp, ref_logp, mask, advantages, self.eps_low, self.eps_high)
+
+
+class DrGRPOLoss(PolicyLoss):
+    """Dr. GRPO: a_j = r_j − r̄, the clipped surrogate summed over tokens and divided by N · T_max.
+
+    Args:
+        clip_eps: ε, the ratio's clip range.
+        max_tokens: T_max, the constant every response's token sum is divided by (the rollout's
+            max_new_tokens is the natural choice; it only scales the step).
+    """
+
+    def __init__(self, clip_eps: float = 0.2, max_tokens: int = 1024):
+        positive("DrGRPOLoss", clip_eps=clip_eps, max_tokens=max_tokens)
+        self.clip_eps, self.max_tokens = clip_eps, max_tokens
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        return mean_baseline_advantages(rewards)
+
+    def __call__(self, logp, ref_logp, mask, advantages):
+        return dr_grpo_loss(logp, ref_logp, mask, advantages, self.clip_eps, self.max_tokens)
+
+
+class RLOOLoss(TokenMeanLoss):
+    """RLOO (Ahmadian et al. 2024): the leave-one-out baseline a_j = r_j − mean_{i≠j} r_i, with
+    PPO's clipped ratio for the steps after the first (the first, at θ = θ_i, is REINFORCE).
+
+    Args:
+        clip_eps: ε, the ratio's clip range.
+    """
+
+    def __init__(self, clip_eps: float = 0.2):
+        positive("RLOOLoss", clip_eps=clip_eps)
+        self.clip_eps = clip_eps
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        return leave_one_out_advantages(rewards)
+
+    def __call__(self, logp, ref_logp, mask, advantages):
+        return ppo_clip_loss(logp, ref_logp, mask, advantages, self.clip_eps)
+
+
+class GSPOLoss(PolicyLoss):
+    """GSPO: a clipped sequence-level ratio, group-normalised advantages, a mean over trajectories.
+
+    Args:
+        eps_low, eps_high: the clip range of s_j (the paper's 3e-4 and 4e-4).
+    """
+
+    def __init__(self, eps_low: float = 3e-4, eps_high: float = 4e-4):
+        positive("GSPOLoss", eps_low=eps_low, eps_high=eps_high)
+        self.eps_low, self.eps_high = eps_low, eps_high
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        return normalized_advantages(rewards)
+
+    def __call__(self, logp, ref_logp, mask, advantages):
+        return gspo_loss(logp, ref_logp, mask, advantages, self.eps_low, self.eps_high)
+
+
+class CISPOLoss(TokenMeanLoss):
+    """CISPO: REINFORCE weighted by the clipped, stop-gradient importance ratio, over every token.
+
+    Args:
+        eps_low: 1 − ε_low bounds the weight below (1.0: no lower bound, as MiniMax-M1 ran it).
+        eps_high: 1 + ε_high bounds it above (the one MiniMax tuned).
+    """
+
+    def __init__(self, eps_low: float = 1.0, eps_high: float = 0.28):
+        positive("CISPOLoss", eps_low=eps_low, eps_high=eps_high)
+        self.eps_low, self.eps_high = eps_low, eps_high
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        return normalized_advantages(rewards)
+
+    def __call__(self, logp, ref_logp, mask, advantages):
+        return cispo_loss(logp, ref_logp, mask, advantages, self.eps_low, self.eps_high)
+
+
+class ReSTLoss(TokenMeanLoss):
+    """ReST: supervised fine-tuning on the samples whose reward reaches ``threshold`` (the k1.5
+    report's baseline without negative gradients). Works with k = 1.
+
+    Args:
+        threshold: a sample with r_j ≥ threshold is imitated (1.0: correct, with no shaping).
+    """
+
+    group_baseline = False
+
+    def __init__(self, threshold: float = 1.0):
+        if not math.isfinite(threshold):
+            raise ValueError(f"ReSTLoss.threshold must be a finite number, got {threshold}")
+        self.threshold = threshold
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        return correct_only_advantages(rewards, self.threshold)
+
+    def __call__(self, logp, ref_logp, mask, advantages):
+        return rest_loss(logp, mask, advantages)

@@ -4,14 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k15.losses import (
-    GRPOLoss,
-    KimiLoss,
-    kimi_k15_loss,
-    mean_baseline_advantages,
-    normalized_advantages,
-    sequence_log_ratio,
-)
+from k15.advantages import mean_baseline_advantages, normalized_advantages
+from k15.losses import GRPOLoss, KimiLoss, kimi_k15_loss, sequence_log_ratio
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5), st.integers(2, 5))  # P, k, T, V
 

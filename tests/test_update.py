@@ -11,10 +11,11 @@ import copy
 import pytest
 import torch
 
+from k15.advantages import mean_baseline_advantages, normalized_advantages
 from k15.errors import RunStopped
 from k15.finite import FiniteGuard
 from k15.logprobs import token_logprobs
-from k15.losses import GRPOLoss, KimiLoss, mean_baseline_advantages, normalized_advantages
+from k15.losses import GRPOLoss, KimiLoss
 from k15.models import Pretrained
 from k15.reward.rewards import Rewards
 from k15.rollout.batch import Rollout
