@@ -22,6 +22,7 @@ YAML (``loss: {class_path: GRPOLoss}``), so swapping the loss is one key.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -115,6 +116,23 @@ def rest_loss(logp: Tensor, mask: Tensor, advantages: Tensor) -> Tensor:
     ones), averaged over all loss tokens: L = −Σ_{j,t} mask_jt a_j log π_θ(y_t) / Σ mask. With
     a_j ∈ {0, 1} a wrong sample contributes nothing: no negative gradient (the k1.5 report's Fig. 10)."""
     return -(advantages[:, None] * logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_estimates(logp: Tensor, init_logp: Tensor, estimator: str) -> Tensor:
+    """Per-token estimates of KL(π_θ ‖ π_init) from tokens sampled by π_θ (Schulman's k1, k3):
+
+    k1 = log π_θ − log π_init            (unbiased, can be negative)
+    k3 = π_init/π_θ − log(π_init/π_θ) − 1  (unbiased, ≥ 0, lower variance; DeepSeekMath's GRPO term)
+    """
+    log_r = init_logp - logp
+    if estimator == "k1":
+        return -log_r
+    return torch.expm1(log_r) - log_r
+
+
+def kl_penalty(logp: Tensor, init_logp: Tensor, mask: Tensor, beta: float, estimator: str) -> Tensor:
+    """β · Σ_{j,t} mask_jt k_jt / Σ mask: the KL to the initial policy, a mean over loss tokens, added to any loss."""
+    return beta * (kl_estimates(logp, init_logp, estimator) * mask).sum() / mask.sum().clamp(min=1)
 
 
 class PolicyLoss:
@@ -303,3 +321,25 @@ class ReSTLoss(TokenMeanLoss):
 
     def __call__(self, logp, ref_logp, mask, advantages):
         return rest_loss(logp, mask, advantages)
+
+
+class KLToInitial:
+    """An optional penalty β·KL(π_θ ‖ π_init) beside any loss, π_init the policy as training began
+    (a frozen copy: one more model in memory; π_θi needs none).
+
+    Args:
+        beta: β, the penalty's weight.
+        estimator: ``k3`` (≥ 0, GRPO's) or ``k1`` (the plain log-ratio).
+    """
+
+    def __init__(self, beta: float = 0.04, estimator: Literal["k1", "k3"] = "k3"):
+        positive("KLToInitial", beta=beta)
+        if estimator not in ("k1", "k3"):
+            raise ValueError(f"KLToInitial.estimator must be k1 or k3, got {estimator!r}")
+        self.beta, self.estimator = beta, estimator
+
+    def __call__(self, logp: Tensor, init_logp: Tensor, mask: Tensor) -> Tensor:
+        return kl_penalty(logp, init_logp, mask, self.beta, self.estimator)
+
+    def micro_batch_weight(self, part_mask: Tensor, whole_mask: Tensor) -> float:
+        return float(part_mask.sum() / whole_mask.sum().clamp(min=1))  # a mean over tokens

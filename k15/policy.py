@@ -20,7 +20,7 @@ from k15.data.prompts import PromptBatch, all_ranks
 from k15.errors import require_at_least_one
 from k15.language_module import LanguageModule
 from k15.lora import LoRA
-from k15.losses import KimiLoss, PolicyLoss
+from k15.losses import KimiLoss, KLToInitial, PolicyLoss
 from k15.metrics import log_iteration, over_ranks
 from k15.models import ModelSource
 from k15.optim import default_optimizer
@@ -54,6 +54,8 @@ class PolicyModule(LanguageModule):
             step's gradient (None: a step's rows in one pass). The budget is per process (per GPU);
             sharded ranks agree on the number of micro-batches (``most``). It also bounds the
             reference pass unless the reference sets its own.
+        kl_to_initial: add β·KL(π_θ ‖ π_init) to the loss, π_init a frozen copy of the starting policy
+            (``k15.losses.KLToInitial``; logged as ``train/kl_to_initial``; None: off, as in k1.5).
         seed: the order of iteration i's trajectories in the update is drawn from a generator
             seeded ``seed + i``, not from the global RNG (which an in-process engine may reseed),
             so a resumed run updates exactly as the uninterrupted one.
@@ -79,6 +81,7 @@ class PolicyModule(LanguageModule):
         logprob_chunk_tokens: int = 1024,
         activation_checkpointing: bool = False,
         lora: LoRA | None = None,
+        kl_to_initial: KLToInitial | None = None,
     ):
         super().__init__(
             model,
@@ -121,6 +124,8 @@ class PolicyModule(LanguageModule):
         self.gradient_clip_norm = gradient_clip_norm
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.seed = seed
+        self.kl_to_initial = kl_to_initial
+        self.initial_reference = ReferenceModule(mode="initial") if kl_to_initial else None
 
     @property
     def max_rollout_prompt_tokens(self) -> int:
@@ -132,6 +137,8 @@ class PolicyModule(LanguageModule):
     def configure_model(self) -> None:
         super().configure_model()
         self.reference.attach(self.model)
+        if self.initial_reference is not None:
+            self.initial_reference.attach(self.model)
 
     def configure_callbacks(self):
         return super().configure_callbacks() + [self.rollout]
@@ -184,19 +191,8 @@ class PolicyModule(LanguageModule):
         # θ = θ_i: their detached log-probs are π_θi's, so no separate reference pass is needed.
         # Ranks decide together: the reference pass is collective when sharded.
         from_first_step = self.reference.mode == "iteration" and self.agree((self.trajectories_per_step or n) >= n)
-        ref_logp = None
-        if not from_first_step:
-            nothing = torch.zeros((0, 1), dtype=torch.long, device=self.device)
-            ref_logp = self.reference(
-                self.model,
-                nothing if rollout is None else rollout.input_ids,
-                nothing if rollout is None else rollout.attention_mask,
-                (lambda rows: {}) if rollout is None else rollout.inputs_for,
-                self.sampling_temperature,
-                self.logprob_chunk_tokens,
-                self.max_tokens_per_micro_batch,
-                self.most,
-            )
+        ref_logp = None if from_first_step else self.scored_by(self.reference, rollout)
+        init_logp = None if self.kl_to_initial is None else self.scored_by(self.initial_reference, rollout)
         stats = update_policy(
             self.model,
             rollout,
@@ -217,12 +213,29 @@ class PolicyModule(LanguageModule):
             temperature=self.sampling_temperature,
             chunk_tokens=self.logprob_chunk_tokens,
             device=self.device,
+            kl=self.kl_to_initial,
+            init_logp=init_logp,
         )
         metrics = {} if rollout is None else self.update_metrics(rollout, stats)
         # every rank's, so an iteration in which rank 0 finished no group is logged all the same
         log_iteration(self.trainer, over_ranks(all_ranks(metrics)), self.iteration)
         if rollout is not None:
             self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=len(batch))
+
+    def scored_by(self, reference: ReferenceModule, rollout: Rollout | None):
+        """[N, T] log-probs of the rollout's tokens under ``reference`` (collective when sharded:
+        a rank without trajectories takes part with none)."""
+        nothing = torch.zeros((0, 1), dtype=torch.long, device=self.device)
+        return reference(
+            self.model,
+            nothing if rollout is None else rollout.input_ids,
+            nothing if rollout is None else rollout.attention_mask,
+            (lambda rows: {}) if rollout is None else rollout.inputs_for,
+            self.sampling_temperature,
+            self.logprob_chunk_tokens,
+            self.max_tokens_per_micro_batch,
+            self.most,
+        )
 
     def update_metrics(self, rollout: Rollout, stats) -> dict[str, float]:
         metrics = {
@@ -234,6 +247,8 @@ class PolicyModule(LanguageModule):
             "train/entropy": stats.entropy,
             "train/skipped_steps": float(self.guard.skipped),
         }
+        if stats.kl_to_initial is not None:
+            metrics["train/kl_to_initial"] = stats.kl_to_initial
         sampled_now = (rollout.versions == self.iteration).float()  # older segments came from older weights
         if rollout.engine_logprobs is not None and self.reference.mode == "iteration" and sampled_now.any():
             # engine vs trainer log-probs on the tokens the engine sampled with π_θi this iteration

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from k15.deepspeed import zero3_gradient_norm, zero3_optimizer
 from k15.finite import FiniteGuard
 from k15.logprobs import placeholder_loss, token_scores
-from k15.losses import PolicyLoss, sequence_log_ratio
+from k15.losses import KLToInitial, PolicyLoss, kl_estimates, sequence_log_ratio
 from k15.packing import token_budget_micro_batches
 from k15.rollout.batch import Rollout
 
@@ -37,6 +37,7 @@ class UpdateStats:
     grad_norms: list[float]  # before clipping, one per attempted step
     skipped_steps: int  # dropped as non-finite
     entropy: Tensor  # mean H_t over the trained tokens of every micro-batch (each at its own θ)
+    kl_to_initial: Tensor | None = None  # mean estimate of KL(π_θ ‖ π_init) per trained token, if penalised
 
 
 def gradient_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
@@ -70,6 +71,8 @@ def update_policy(
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
     device: torch.device | None = None,
+    kl: KLToInitial | None = None,
+    init_logp: Tensor | None = None,
 ) -> UpdateStats:
     """Take ``passes`` passes of steps over ``rollout``'s trajectories; see the module docstring.
 
@@ -83,6 +86,8 @@ def update_policy(
     iteration (partial rollouts finished none of its groups) but takes part in its peers' steps.
     ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``. ``device``: where the
     computation runs (default: the rollout's, else the parameters'; with CPU offload these differ).
+    ``kl``: a β·KL(π_θ ‖ π_init) penalty added to every micro-batch's loss, ``init_logp`` [N, T]
+    the initial policy's log-probs of the rollout.
     """
     if device is None:
         device = next(model.parameters()).device if rollout is None else rollout.input_ids.device
@@ -101,7 +106,7 @@ def update_policy(
     parameters = [p for group in raw.param_groups for p in group["params"]]
     lengths = None if rollout is None else rollout.attention_mask.sum(dim=1)
     step_losses, log_ratios, grad_norms, skipped = [], [], [], 0
-    entropy_sum = trained_tokens = torch.zeros((), device=device)
+    entropy_sum = trained_tokens = kl_sum = torch.zeros((), device=device)
     for _ in range(passes):
         steps = torch.randperm(n, generator=generator).to(device).split(rows_per_step) if n else ()
         for turn in range(most(len(steps))):
@@ -128,6 +133,12 @@ def update_policy(
                 part_loss = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.micro_batch_weight(
                     in_loss, rollout.loss_mask[rows]
                 )
+                if kl is not None:
+                    init = init_logp[mb, :width]
+                    part_loss = part_loss + kl(logp, init, in_loss) * kl.micro_batch_weight(
+                        in_loss, rollout.loss_mask[rows]
+                    )
+                    kl_sum = kl_sum + (kl_estimates(logp.detach(), init, kl.estimator) * in_loss).sum()
                 backward(part_loss)
                 step_loss += part_loss.detach()
                 log_ratios.append(sequence_log_ratio(logp.detach(), ref_logp[mb, :width], in_loss))
@@ -147,4 +158,5 @@ def update_policy(
             raw.zero_grad()
     entropy = entropy_sum / trained_tokens.clamp(min=1)
     log_ratios = torch.cat(log_ratios) if log_ratios else torch.zeros(0, device=device)
-    return UpdateStats(ref_logp, advantages, step_losses, log_ratios, grad_norms, skipped, entropy)
+    kl_mean = None if kl is None else kl_sum / trained_tokens.clamp(min=1)
+    return UpdateStats(ref_logp, advantages, step_losses, log_ratios, grad_norms, skipped, entropy, kl_mean)

@@ -148,6 +148,22 @@ def test_loss_and_verifier_swapped_by_overlays_train(sft_run, shard_dir):
     assert [s.value for s in logged["heldout/verifier/checks"]] == [12.0]
 
 
+def test_kl_to_initial_is_zero_at_the_start_and_grows_as_the_policy_moves(sft_run, shard_dir):
+    """``model.init_args.kl_to_initial``: a frozen copy of the starting policy scores every
+    rollout; the first step runs at θ = θ_init (KL 0), later ones after updates (KL > 0)."""
+    k15(
+        "fit", "-c", str(CONF / "tiny.yaml"), *data_args(shard_dir), *SMALL_RL,
+        "--model.init_args.kl_to_initial=k15.losses.KLToInitial",
+        "--model.init_args.kl_to_initial.init_args.beta=0.1",
+        "--model.init_args.optimizer.init_args.lr=0.01",
+        "--data.init_args.iterations=3", "--trainer.val_check_interval=3",
+        "--trainer.logger.init_args.name=kl", "--trainer.callbacks=[k15.summary.RunSummary]",
+        cwd=sft_run,
+    )  # fmt: skip
+    kl = [s.value for s in scalars(sft_run / "runs/kl/version_0")["train/kl_to_initial"]]
+    assert len(kl) == 3 and abs(kl[0]) < 1e-6 and kl[2] > 1e-4, kl
+
+
 # top-level overlays, and the configs they go on
 TOP_OVERLAYS = {"qlora.yaml": ["tiny.yaml"], "long_cot_qlora_1gpu.yaml": ["long_cot.yaml", "qlora.yaml"]}
 RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml") if p.name not in TOP_OVERLAYS)

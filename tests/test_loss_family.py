@@ -23,9 +23,11 @@ from k15.losses import (
     GRPOLoss,
     GSPOLoss,
     KimiLoss,
+    KLToInitial,
     PPOClipLoss,
     ReSTLoss,
     RLOOLoss,
+    kl_estimates,
 )
 
 shapes = st.tuples(st.integers(1, 3), st.integers(2, 5), st.integers(1, 6))  # P, k, T
@@ -167,6 +169,8 @@ def test_micro_batches_weighted_as_the_loss_averages_sum_to_the_whole_steps_loss
         (lambda: DrGRPOLoss(max_tokens=0), "DrGRPOLoss.max_tokens"),
         (lambda: CISPOLoss(eps_high=-1), "CISPOLoss.eps_high"),
         (lambda: ReSTLoss(threshold=float("inf")), "ReSTLoss.threshold"),
+        (lambda: KLToInitial(beta=0), "KLToInitial.beta"),
+        (lambda: KLToInitial(estimator="k2"), "KLToInitial.estimator"),
     ],
 )
 def test_a_bad_setting_is_named(build, key):
@@ -178,3 +182,18 @@ def test_rest_works_with_one_sample_per_prompt_and_the_others_need_a_group():
     assert not ReSTLoss.group_baseline
     assert all(cls.group_baseline for cls in (GRPOLoss, PPOClipLoss, RLOOLoss, CISPOLoss, DrGRPOLoss, GSPOLoss))
     torch.testing.assert_close(correct_only_advantages(torch.tensor([[0.9], [1.0]]), 1.0), torch.tensor([0.0, 1.0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**31), beta=st.floats(0.01, 1.0))
+def test_kl_penalty_gradients_are_the_estimators_derivatives(shape, seed, beta):
+    """∂/∂x_jt of β·Σ mask·k / Σ mask, x = log π_θ, i = log π_init: k1 → β·mask/Σmask;
+    k3 = e^(i−x) − (i−x) − 1 → β·(1 − e^(i−x))·mask/Σmask, which is 0 where π_θ = π_init (and k3 ≥ 0)."""
+    P, k, T = shape
+    logp, init, mask, _ = case(seed, P, k, T, spread=0.5)
+    (g1,) = torch.autograd.grad(KLToInitial(beta, "k1")(logp, init, mask), logp)
+    torch.testing.assert_close(g1, beta * mask / mask.sum())
+    (g3,) = torch.autograd.grad(KLToInitial(beta, "k3")(logp, init, mask), logp)
+    torch.testing.assert_close(g3, beta * (1 - torch.exp(init - logp.detach())) * mask / mask.sum())
+    assert (kl_estimates(logp.detach(), init, "k3") >= 0).all()
+    assert KLToInitial(beta)(init.clone().requires_grad_(), init, mask) == 0
