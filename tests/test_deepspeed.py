@@ -30,6 +30,12 @@ OVERLAY = CONF / "strategy/deepspeed_zero3.yaml"
 ZERO3_FIT = ["fit", "-c", str(CONF / "tiny.yaml"), "-c", str(OVERLAY)]
 
 
+def zero3_on_cpu_env(master_port: int) -> dict:
+    """A ``k15 fit`` subprocess on DeepSpeed's CPU accelerator that can import tests/deepspeed_on_cpu.py."""
+    tests_first = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    return os.environ | {"PYTHONPATH": tests_first, "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(master_port)}
+
+
 def test_the_overlay_parses_over_the_tiny_recipe_and_builds_the_strategy():
     cfg = parsed_config(["-c", str(CONF / "tiny.yaml"), "-c", str(OVERLAY)])
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision is None  # bf16 is the strategy's
@@ -298,12 +304,7 @@ def test_the_tiny_recipe_trains_through_lightning_with_zero3_on_two_cpu_processe
         "{every_n_train_steps: 1, save_top_k: -1}}, "
         "{class_path: k15.export.ExportPretrained, init_args: {dirpath: runs/zero3/hf}}, k15.summary.RunSummary]",
         cwd=tmp_path,
-        env=os.environ
-        | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
-            "DS_ACCELERATOR": "cpu",
-            "MASTER_PORT": str(master_port),
-        },
+        env=zero3_on_cpu_env(master_port),
     )
     run = tmp_path / "runs/zero3/version_0"
     logged = scalars(run)
@@ -336,12 +337,7 @@ def test_lora_under_zero3_is_refused_by_name(tiny_dir, shard_dir, tmp_path, mast
         *data_args(shard_dir),
         cwd=tmp_path,
         check=False,
-        env=os.environ
-        | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
-            "DS_ACCELERATOR": "cpu",
-            "MASTER_PORT": str(master_port),
-        },
+        env=zero3_on_cpu_env(master_port),
     )
     assert result.returncode != 0
     assert "model.lora" in result.stderr and "ZeRO3Strategy" in result.stderr, result.stderr[-2000:]
