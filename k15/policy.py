@@ -23,6 +23,7 @@ from k15.lora import LoRA
 from k15.losses import KimiLoss, KLToInitial, PolicyLoss
 from k15.metrics import log_iteration, over_ranks
 from k15.models import ModelSource
+from k15.off_policy import OffPolicyCorrection
 from k15.optim import default_optimizer
 from k15.reference import ReferenceModule
 from k15.reward import RewardModule
@@ -56,6 +57,11 @@ class PolicyModule(LanguageModule):
             reference pass unless the reference sets its own.
         kl_to_initial: add β·KL(π_θ ‖ π_init) to the loss, π_init a frozen copy of the starting policy
             (``k15.losses.KLToInitial``; logged as ``train/kl_to_initial``; None: off, as in k1.5).
+        off_policy: weight each token by π_θi/μ, μ the engine's probability of the token it sampled,
+            which differs from π_θi for a partial rollout's older segments and for an engine that
+            computes π differently (``k15.off_policy.TIS`` or ``IcePop``; logged as ``train/is_weight_mean``
+            and ``train/is_clipped_share``; None: no correction). Needs an engine that reports
+            log-probs (vLLM) and the ``iteration`` reference.
         seed: the order of iteration i's trajectories in the update is drawn from a generator
             seeded ``seed + i``, not from the global RNG (which an in-process engine may reseed),
             so a resumed run updates exactly as the uninterrupted one.
@@ -82,6 +88,7 @@ class PolicyModule(LanguageModule):
         activation_checkpointing: bool = False,
         lora: LoRA | None = None,
         kl_to_initial: KLToInitial | None = None,
+        off_policy: OffPolicyCorrection | None = None,
     ):
         super().__init__(
             model,
@@ -118,6 +125,12 @@ class PolicyModule(LanguageModule):
         self.automatic_optimization = False
         self.loss = loss
         self.reference = reference or ReferenceModule()
+        if off_policy is not None and self.reference.mode != "iteration":
+            raise ValueError(
+                "model.off_policy weights tokens by π_θi/μ, but model.reference.init_args.mode is "
+                f"{self.reference.mode!r}, which does not score π_θi: use mode: iteration"
+            )
+        self.off_policy = off_policy
         self.reset_optimizer_each_iteration = reset_optimizer_each_iteration
         self.passes_per_iteration = passes_per_iteration
         self.trajectories_per_step = trajectories_per_step
@@ -215,6 +228,7 @@ class PolicyModule(LanguageModule):
             device=self.device,
             kl=self.kl_to_initial,
             init_logp=init_logp,
+            correction=self.off_policy,
         )
         metrics = {} if rollout is None else self.update_metrics(rollout, stats)
         # every rank's, so an iteration in which rank 0 finished no group is logged all the same
@@ -249,6 +263,8 @@ class PolicyModule(LanguageModule):
         }
         if stats.kl_to_initial is not None:
             metrics["train/kl_to_initial"] = stats.kl_to_initial
+        if stats.is_weight_mean is not None:
+            metrics |= {"train/is_weight_mean": stats.is_weight_mean, "train/is_clipped_share": stats.is_clipped_share}
         sampled_now = (rollout.versions == self.iteration).float()  # older segments came from older weights
         if rollout.engine_logprobs is not None and self.reference.mode == "iteration" and sampled_now.any():
             # engine vs trainer log-probs on the tokens the engine sampled with π_θi this iteration

@@ -24,6 +24,7 @@ from k15.deepspeed import zero3_gradient_norm, zero3_optimizer
 from k15.finite import FiniteGuard
 from k15.logprobs import placeholder_loss, token_scores
 from k15.losses import KLToInitial, PolicyLoss, kl_estimates, sequence_log_ratio
+from k15.off_policy import OffPolicyCorrection, importance_weighted
 from k15.packing import token_budget_micro_batches
 from k15.rollout.batch import Rollout
 
@@ -38,6 +39,8 @@ class UpdateStats:
     skipped_steps: int  # dropped as non-finite
     entropy: Tensor  # mean H_t over the trained tokens of every micro-batch (each at its own θ)
     kl_to_initial: Tensor | None = None  # mean estimate of KL(π_θ ‖ π_init) per trained token, if penalised
+    is_weight_mean: Tensor | None = None  # mean importance weight w̃_t per trained token, if corrected
+    is_clipped_share: Tensor | None = None  # share of trained tokens whose weight was truncated or masked
 
 
 def gradient_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
@@ -73,6 +76,7 @@ def update_policy(
     device: torch.device | None = None,
     kl: KLToInitial | None = None,
     init_logp: Tensor | None = None,
+    correction: OffPolicyCorrection | None = None,
 ) -> UpdateStats:
     """Take ``passes`` passes of steps over ``rollout``'s trajectories; see the module docstring.
 
@@ -87,13 +91,16 @@ def update_policy(
     ``temperature`` and ``chunk_tokens``: see ``k15.logprobs.token_scores``. ``device``: where the
     computation runs (default: the rollout's, else the parameters'; with CPU offload these differ).
     ``kl``: a β·KL(π_θ ‖ π_init) penalty added to every micro-batch's loss, ``init_logp`` [N, T]
-    the initial policy's log-probs of the rollout.
+    the initial policy's log-probs of the rollout. ``correction``: importance weights π_θi/μ for the
+    tokens, from the rollout's engine log-probs log μ (``k15.off_policy``).
     """
     if device is None:
         device = next(model.parameters()).device if rollout is None else rollout.input_ids.device
     n = 0 if rollout is None else len(rollout.input_ids)
     rows_per_step = trajectories_per_step or max(n, 1)
     reference_from_first_step = ref_logp is None
+    if correction is not None and rollout is not None and rollout.engine_logprobs is None:
+        raise ValueError("model.off_policy needs the engine's log-prob of every sampled token: this rollout has none")
     if reference_from_first_step:
         if rows_per_step < n:
             raise ValueError("the reference can come from the first step only when that step covers every trajectory")
@@ -106,7 +113,7 @@ def update_policy(
     parameters = [p for group in raw.param_groups for p in group["params"]]
     lengths = None if rollout is None else rollout.attention_mask.sum(dim=1)
     step_losses, log_ratios, grad_norms, skipped = [], [], [], 0
-    entropy_sum = trained_tokens = kl_sum = torch.zeros((), device=device)
+    entropy_sum = trained_tokens = kl_sum = weight_sum = clipped_sum = torch.zeros((), device=device)
     for _ in range(passes):
         steps = torch.randperm(n, generator=generator).to(device).split(rows_per_step) if n else ()
         for turn in range(most(len(steps))):
@@ -130,9 +137,15 @@ def update_policy(
                 trained_tokens = trained_tokens + in_loss.sum()
                 if reference_from_first_step:
                     ref_logp[mb, :width] = logp.detach()
-                part_loss = loss(logp, ref_logp[mb, :width], in_loss, advantages[mb]) * loss.micro_batch_weight(
-                    in_loss, rollout.loss_mask[rows]
-                )
+                weighted_logp = logp
+                if correction is not None:
+                    weights, clipped = correction(ref_logp[mb, :width], rollout.engine_logprobs[mb, :width])
+                    weighted_logp = importance_weighted(logp, weights)
+                    weight_sum = weight_sum + (weights * in_loss).sum()
+                    clipped_sum = clipped_sum + (clipped * in_loss).sum()
+                part_loss = loss(
+                    weighted_logp, ref_logp[mb, :width], in_loss, advantages[mb]
+                ) * loss.micro_batch_weight(in_loss, rollout.loss_mask[rows])
                 if kl is not None:
                     init = init_logp[mb, :width]
                     part_loss = part_loss + kl(logp, init, in_loss) * kl.micro_batch_weight(
@@ -156,7 +169,13 @@ def update_policy(
             else:
                 skipped += 1
             raw.zero_grad()
-    entropy = entropy_sum / trained_tokens.clamp(min=1)
+    per_token = trained_tokens.clamp(min=1)
+    entropy = entropy_sum / per_token
     log_ratios = torch.cat(log_ratios) if log_ratios else torch.zeros(0, device=device)
-    kl_mean = None if kl is None else kl_sum / trained_tokens.clamp(min=1)
-    return UpdateStats(ref_logp, advantages, step_losses, log_ratios, grad_norms, skipped, entropy, kl_mean)
+    kl_mean = None if kl is None else kl_sum / per_token
+    weight_mean, clipped_share = (
+        (None, None) if correction is None else (weight_sum / per_token, clipped_sum / per_token)
+    )
+    return UpdateStats(
+        ref_logp, advantages, step_losses, log_ratios, grad_norms, skipped, entropy, kl_mean, weight_mean, clipped_share
+    )

@@ -341,3 +341,30 @@ def test_vllm_engine_overlay_trains_and_reports_engine_trainer_mismatch(sft_run,
     # the engine was re-synced after iteration 0's update: both iterations sample the trainer's π_θi
     assert all(s.value < 1e-3 for s in logged["rollout/engine_logp_abs_diff"]), logged["rollout/engine_logp_abs_diff"]
     assert all(0 <= s.value < 1e-5 for s in logged["rollout/engine_kl"])
+
+
+@pytest.mark.vllm
+def test_off_policy_overlay_weights_stale_segments_and_logs_the_weights(sft_run, shard_dir):
+    """Partial rollouts on vLLM with ``conf/off_policy/tis.yaml``: iteration 0 samples with π_θi
+    itself (every weight 1, none clipped); later iterations train on segments an older policy
+    sampled after large steps, whose weights π_θi/μ move away from 1, truncated at C."""
+    k15(
+        "fit", "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"),
+        "-c", str(CONF / "rollout/partial.yaml"), "-c", str(CONF / "off_policy/tis.yaml"),
+        *data_args(shard_dir), *SMALL_RL,
+        "--model.init_args.rollout.init_args.segment_tokens=6",
+        "--model.init_args.optimizer.init_args.lr=0.05",
+        "--model.init_args.reward.init_args.shaping=[{class_path: k15.reward.LengthPenalty, init_args: {weight: 1.0}}]",
+        "--data.init_args.iterations=4", "--trainer.val_check_interval=4",
+        "--trainer.logger.init_args.name=tis", "--trainer.callbacks=[k15.summary.RunSummary]",
+        cwd=sft_run,
+    )  # fmt: skip
+    logged = scalars(sft_run / "runs/tis/version_0")
+    weights = {s.step: s.value for s in logged["train/is_weight_mean"]}
+    clipped = {s.step: s.value for s in logged["train/is_clipped_share"]}
+    stale = {s.step: s.value for s in logged["rollout/stale_token_share"]}
+    assert weights and all(0 < w <= 2.0 for w in weights.values()), weights
+    assert all(0 <= c <= 1 for c in clipped.values()), clipped
+    fresh = [step for step in weights if stale[step] == 0]
+    assert all(abs(weights[step] - 1) < 1e-3 and clipped[step] == 0 for step in fresh), (weights, clipped, stale)
+    assert any(abs(weights[step] - 1) > 1e-3 for step in weights if stale[step] > 0), (weights, stale)

