@@ -76,8 +76,9 @@ def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> Completion:
     return Completion(tokens, "length")
 
 
-def inverse_cdf_sample(probs: Tensor, uniforms: Tensor, top_p: float = 1.0) -> Tensor:
-    """One token per row of ``probs`` [B, V], drawn with that row's uniform u ∈ [0, 1) from ``uniforms`` [B].
+def inverse_cdf_sample(probs: Tensor, uniforms: Tensor, top_p: float = 1.0) -> tuple[Tensor, Tensor]:
+    """One token per row of ``probs`` [B, V], drawn with that row's uniform u ∈ [0, 1) from ``uniforms`` [B],
+    and its log-probability under the distribution it was drawn from, log(p_k / M). → [B], [B].
 
     Top-p keeps the nucleus: tokens in descending order of p while the mass before them is < top_p
     (the most likely token always, the token that crosses top_p included, as in HF and vLLM);
@@ -97,7 +98,8 @@ def inverse_cdf_sample(probs: Tensor, uniforms: Tensor, top_p: float = 1.0) -> T
     # u·M strictly below M (float rounding could give u·M = M, past the last token with p > 0)
     target = torch.minimum(uniforms.unsqueeze(-1) * mass, torch.nextafter(mass, torch.zeros_like(mass)))
     index = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)
-    return (index if order is None else order.gather(-1, index)).squeeze(-1)
+    logp = (probs.gather(-1, index) / mass).log().squeeze(-1)
+    return (index if order is None else order.gather(-1, index)).squeeze(-1), logp
 
 
 class SeededSampling(LogitsProcessor):
@@ -105,14 +107,19 @@ class SeededSampling(LogitsProcessor):
 
     ``uniforms`` [rows, steps]: row i's draw for its t-th new token (t = input length − ``prompt_width``).
     Runs after ``generate``'s own processors, so banned tokens already score −inf (p = 0).
+    ``logprobs``: each step's [rows] log-probs of the tokens drawn, under the distribution drawn from
+    (the off-policy weights' log μ).
     """
 
     def __init__(self, uniforms: Tensor, prompt_width: int, temperature: float, top_p: float):
         self.uniforms, self.prompt_width, self.temperature, self.top_p = uniforms, prompt_width, temperature, top_p
+        self.logprobs: list[Tensor] = []
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         probs = torch.softmax(scores / self.temperature, dim=-1)
-        tokens = inverse_cdf_sample(probs, self.uniforms[:, input_ids.shape[1] - self.prompt_width], self.top_p)
+        step = input_ids.shape[1] - self.prompt_width
+        tokens, logp = inverse_cdf_sample(probs, self.uniforms[:, step], self.top_p)
+        self.logprobs.append(logp)
         return torch.full_like(scores, -float("inf")).scatter_(-1, tokens.unsqueeze(-1), 0.0)
 
 
@@ -138,7 +145,8 @@ def hf_sample(
     and every row is cut back to its own, which is the same as having stopped there.
     Row j of the call (counting request by request) samples from its own generator seeded
     ``sampling.seed + j`` (a fresh random base seed without one), so its tokens do not depend on the
-    other requests or on the chunking; ``generate`` runs greedy and ``SeededSampling`` picks the tokens.
+    other requests or on the chunking; ``generate`` runs greedy and ``SeededSampling`` picks the tokens
+    (and reports their log-probs; greedy decoding reports none).
     """
     config = model.generation_config
     eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
@@ -198,9 +206,11 @@ def hf_sample(
                 synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
             )
             new = out[:, input_ids.shape[1] :].tolist()
-            completions.extend(
-                cut_at_stop(row[:limit], set(eos)) for row, (_, limit, _) in zip(new, chunk, strict=True)
-            )
+            drawn = torch.stack(sampler[0].logprobs, dim=1).tolist() if sampler else [None] * len(chunk)
+            for row, (_, limit, _), logprobs in zip(new, chunk, drawn, strict=True):
+                completion = cut_at_stop(row[:limit], set(eos))
+                completion.logprobs = None if logprobs is None else logprobs[: len(completion.token_ids)]
+                completions.append(completion)
     model.train(was_training)
     groups, start = [], 0
     for request in requests:

@@ -60,8 +60,8 @@ class PolicyModule(LanguageModule):
         off_policy: weight each token by π_θi/μ, μ the engine's probability of the token it sampled,
             which differs from π_θi for a partial rollout's older segments and for an engine that
             computes π differently (``k15.off_policy.TIS`` or ``IcePop``; logged as ``train/is_weight_mean``
-            and ``train/is_clipped_share``; None: no correction). Needs an engine that reports
-            log-probs (vLLM) and the ``iteration`` reference.
+            and ``train/is_clipped_share``; None: no correction). Needs the engine's log-probs (both
+            engines report them when sampling at τ > 0) and the ``iteration`` reference.
         seed: the order of iteration i's trajectories in the update is drawn from a generator
             seeded ``seed + i``, not from the global RNG (which an in-process engine may reseed),
             so a resumed run updates exactly as the uninterrupted one.

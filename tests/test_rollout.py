@@ -39,6 +39,21 @@ def test_k_completions_per_prompt_seeded_and_greedy_deterministic(tiny_dir):
     assert [g[0].token_ids for g in first] == [g[0].token_ids for g in second]
 
 
+@pytest.mark.parametrize("temperature", [0.6, 1.0, 1.5])
+def test_sampled_tokens_come_with_their_log_probs_at_the_sampling_temperature(tiny_dir, temperature):
+    """log μ(y_t) of each drawn token, as the trainer scores it at τ: the off-policy weights' denominator
+    (greedy decoding reports none)."""
+    engine, model, prompts = engine_and_prompts(tiny_dir)
+    sampling = Sampling(samples_per_prompt=3, max_new_tokens=12, temperature=temperature, seed=1)
+    for prompt, group in zip(prompts, engine.generate(prompts, sampling), strict=True):
+        for completion in group:
+            ids = torch.tensor([prompt + completion.token_ids])
+            trainer_logp = token_logprobs(model, ids, torch.ones_like(ids), temperature)[0, len(prompt) :]
+            torch.testing.assert_close(torch.tensor(completion.logprobs), trainer_logp, atol=1e-5, rtol=0)
+    greedy = engine.generate(prompts, Sampling(samples_per_prompt=1, max_new_tokens=4, temperature=0.0))
+    assert all(c.logprobs is None for group in greedy for c in group)
+
+
 def test_greedy_matches_argmax_of_the_model(tiny_dir):
     engine, model, prompts = engine_and_prompts(tiny_dir)
     completion = engine.generate(prompts[:1], Sampling(1, 6, temperature=0.0))[0][0].token_ids
@@ -133,10 +148,14 @@ def test_inverse_cdf_sample_takes_a_token_of_the_nucleus(weights, top_p, u):
     probs = [w / sum(weights) for w in weights]
     sorted_probs = sorted(probs, reverse=True)
     assume(all(abs(sum(sorted_probs[:k]) - top_p) > 1e-5 for k in range(len(probs))))  # no float32 tie at the boundary
-    token = inverse_cdf_sample(torch.tensor([probs]), torch.tensor([u]), top_p).item()
-    assert token in nucleus(probs, top_p)
+    token, logp = inverse_cdf_sample(torch.tensor([probs]), torch.tensor([u]), top_p)
+    token = token.item()
+    kept = nucleus(probs, top_p)
+    assert token in kept
+    # the log-prob of the renormalised nucleus it was drawn from, log(p_k / M)
+    assert math.isclose(logp.item(), math.log(probs[token] / sum(probs[i] for i in kept)), rel_tol=1e-5, abs_tol=1e-6)
     # a one-hot distribution gives its token whatever the uniform and top-p
-    assert inverse_cdf_sample(torch.eye(len(probs))[[token]], torch.tensor([u]), top_p).item() == token
+    assert inverse_cdf_sample(torch.eye(len(probs))[[token]], torch.tensor([u]), top_p)[0].item() == token
 
 
 @settings(max_examples=60, deadline=None)
@@ -148,7 +167,7 @@ def test_inverse_cdf_sample_with_evenly_spread_uniforms_counts_the_nucleus_proba
     assume(all(abs(sum(sorted_probs[:k]) - top_p) > 1e-5 for k in range(len(probs))))
     n = 2000
     uniforms = (torch.arange(n) + 0.5) / n
-    chosen = inverse_cdf_sample(torch.tensor([probs]).expand(n, -1), uniforms, top_p)
+    chosen, _ = inverse_cdf_sample(torch.tensor([probs]).expand(n, -1), uniforms, top_p)
     counts = torch.bincount(chosen, minlength=len(probs)).tolist()
     kept = nucleus(probs, top_p)
     mass = sum(probs[i] for i in kept)
