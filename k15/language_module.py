@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+from dataclasses import asdict
 from functools import cached_property
+from pathlib import Path
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -11,16 +15,24 @@ from transformers import PreTrainedModel
 from k15.data.prompts import PromptBatch, all_ranks
 from k15.deepspeed import ZeRO3Strategy
 from k15.errors import K15Error, require_at_least_one
+from k15.evaluation import Evaluation, PromptSamples, evaluate, flat_metrics
 from k15.finite import FiniteGuard, require_finite_weights
 from k15.generation import Request, Sampling, hf_sample
 from k15.lora import LoRA
+from k15.metrics import log_iteration
 from k15.models import ModelSource
 from k15.optim import check_learning_rates, configured_optimizers, default_optimizer
 from k15.reward import RewardModule
 from k15.rng import restore_rng_states, rng_states
+from k15.rollout.engine import Engine
 from k15.sequence_parallel import enable_sequence_parallel
 from k15.signals import CheckpointOnSignal
 from k15.strategy import FSDP2Strategy
+
+# An evaluation's metrics are logged once, at the end of validation, made from every rank's gathered
+# samples: they need no sync_dist. Lightning recommends it for each key wherever a process group
+# exists, and vLLM makes one even in a single process.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('heldout/")
 
 
 def checkpoint_decoder_layers(model: PreTrainedModel) -> None:
@@ -44,7 +56,8 @@ def shard_decoder(model: PreTrainedModel, mesh, **policies) -> None:
 class LanguageModule(LightningModule):
     """A causal LM, or a vision-language model that reads images too, built from a ``ModelSource``
     in ``configure_model`` (so sharding strategies can build it in place), validated by greedy
-    held-out accuracy.
+    held-out accuracy, or by pass@k, maj@k and response lengths over n samples per prompt when an
+    ``evaluation`` is set.
 
     Args:
         model: where the weights, tokenizer and (for images) processor come from.
@@ -60,6 +73,10 @@ class LanguageModule(LightningModule):
             its activations (``checkpoint_decoder_layers``): long contexts' memory for one more forward.
         lora: train low-rank adapters instead of every weight, over a 4-bit base for QLoRA
             (``k15.lora.LoRA``; None: full fine-tuning).
+        evaluation: validate by sampling n responses per held-out prompt (``k15.evaluation.Evaluation``:
+            pass@k, maj@k, response lengths, overall and by difficulty, and a JSON file), on the
+            module's rollout engine where it has one (``evaluation_engine``), else HF generate
+            (None: greedy ``heldout/accuracy``, one response per prompt).
     """
 
     def __init__(
@@ -73,6 +90,7 @@ class LanguageModule(LightningModule):
         logprob_chunk_tokens: int = 1024,
         activation_checkpointing: bool = False,
         lora: LoRA | None = None,
+        evaluation: Evaluation | None = None,
     ):
         super().__init__()
         check_learning_rates(optimizer)
@@ -92,6 +110,13 @@ class LanguageModule(LightningModule):
         self.heldout_max_new_tokens = heldout_max_new_tokens
         self.model: PreTrainedModel | None = None
         self.guard = FiniteGuard(max_skipped_steps_in_a_row)
+        if evaluation is not None and evaluation.majority_vote and not hasattr(self.reward.verifier, "extract"):
+            raise ValueError(
+                f"model.evaluation.majority_vote: the verifier ({type(self.reward.verifier).__name__}) extracts no "
+                "final answer to vote on; set majority_vote: false"
+            )
+        self.evaluation = evaluation
+        self.heldout_samples: list[PromptSamples] = []  # this rank's, gathered at the end of validation
 
     @cached_property
     def context_tokens(self) -> int:
@@ -99,9 +124,21 @@ class LanguageModule(LightningModule):
         return self.source.max_positions()
 
     @property
+    def heldout_new_tokens(self) -> int:
+        """A held-out response's cap: the evaluation's, else ``heldout_max_new_tokens``."""
+        return (self.evaluation and self.evaluation.max_new_tokens) or self.heldout_max_new_tokens
+
+    @property
     def max_heldout_prompt_tokens(self) -> int:
-        """Held-out prompts longer than this leave no room for their answer: the data skips them."""
-        return self.context_tokens - self.heldout_max_new_tokens
+        """Held-out prompts longer than this leave no room for their answer (in the model's context,
+        and the engine's when an evaluation samples on it): the data skips them."""
+        engine = self.evaluation_engine() if self.evaluation is not None else None
+        context = min(self.context_tokens, (engine and engine.max_model_len) or self.context_tokens)
+        return context - self.heldout_new_tokens
+
+    def evaluation_engine(self) -> Engine | None:
+        """The engine an evaluation samples on (None: HF generate on the live model)."""
+        return None
 
     @property
     def unsampled_token_ids(self) -> tuple[int, ...]:
@@ -169,6 +206,8 @@ class LanguageModule(LightningModule):
         return configured_optimizers(trained, self.optimizer_factory, self.lr_scheduler_factory)
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        if self.evaluation is not None:
+            return self.sampled_validation_step(batch, batch_idx)
         requests = [
             Request(ids, 1, self.heldout_max_new_tokens, images, inputs)
             for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)
@@ -179,6 +218,77 @@ class LanguageModule(LightningModule):
         texts = self.tokenizer.batch_decode([c[0].token_ids for c in completions], skip_special_tokens=True)
         correct, _ = self.reward.judge(batch.prompts, texts, batch.answers)
         self.log("heldout/accuracy", correct.mean(), batch_size=len(batch), prog_bar=True, sync_dist=True)
+        # what long2short trades against accuracy (k1.5 §2.4): greedy response length, <eos> included
+        tokens = sum(len(c[0].token_ids) for c in completions) / len(completions)
+        self.log("heldout/tokens_mean", tokens, batch_size=len(batch), sync_dist=True)
         # taken here, so the next RL iteration's reward/verifier/* count that iteration's responses only
         counts = {key: float(n) for key, n in self.reward.verifier_counts("heldout/verifier/").items()}
         self.log_dict(counts, batch_size=len(batch), reduce_fx="sum", sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.heldout_samples = []
+        engine = self.evaluation_engine()
+        if self.evaluation is not None and engine is not None:
+            engine.sync(self.model)  # π_θ as it is now (collective when sharded)
+
+    def sampled_validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        """n samples per prompt, judged, and kept per prompt for ``on_validation_epoch_end``."""
+        evaluation, n = self.evaluation, self.evaluation.samples
+        requests = [
+            Request(ids, n, self.heldout_new_tokens, images, inputs)
+            for ids, images, inputs in zip(batch.prompt_ids, batch.images, batch.model_inputs, strict=True)
+        ]
+        sampling = Sampling(
+            temperature=evaluation.temperature,
+            top_p=evaluation.top_p,
+            seed=evaluation.first_seed(batch_idx, self.trainer.global_rank, self.trainer.world_size),
+            banned_token_ids=self.unsampled_token_ids,
+        )
+        engine = self.evaluation_engine()
+        groups = hf_sample(self.model, requests, sampling) if engine is None else engine.sample(requests, sampling)
+        responses = [c for group in groups for c in group]  # prompt-major: response j of prompt i is i·n + j
+        texts = self.tokenizer.batch_decode([c.token_ids for c in responses], skip_special_tokens=True)
+        questions, references = ([v for v in values for _ in range(n)] for values in (batch.prompts, batch.answers))
+        correct, _ = self.reward.judge(questions, texts, references)
+        answers = [self.reward.verifier.extract(t) for t in texts] if evaluation.majority_vote else [None] * len(texts)
+        for i, (prompt, reference, difficulty) in enumerate(
+            zip(batch.prompts, batch.answers, batch.difficulties, strict=True)
+        ):
+            rows = slice(i * n, (i + 1) * n)
+            tokens = [len(c.token_ids) for c in responses[rows]]
+            verdicts = [bool(c) for c in correct[rows].tolist()]
+            self.heldout_samples.append(PromptSamples(difficulty, verdicts, answers[rows], tokens, prompt, reference))
+        counts = {key: float(count) for key, count in self.reward.verifier_counts("heldout/verifier/").items()}
+        self.log_dict(counts, batch_size=len(batch), reduce_fx="sum", sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Every rank's held-out samples → the metrics, logged and written to the JSON file."""
+        if self.evaluation is None:
+            return
+        engine = self.evaluation_engine()
+        if engine is not None:
+            engine.sleep()
+        samples = [p for rank in all_ranks(self.heldout_samples) for p in rank]
+        result = evaluate(samples, self.evaluation.ks, self.evaluation.majority_vote)
+        metrics = flat_metrics(result)
+        for key, value in metrics.items():  # the same on every rank: made from the gathered samples
+            self.log(key, value, prog_bar=key == "heldout/pass@1")
+        if self.trainer.sanity_checking:  # Lightning drops sanity-check metrics; this is the curve's start
+            log_iteration(self.trainer, metrics, self.trainer.global_step)
+        self.write_evaluation(result, samples)
+
+    def write_evaluation(self, result: dict, samples: list[PromptSamples]) -> None:
+        """The evaluation as JSON (rank 0): settings, metrics overall and by difficulty, every prompt's samples."""
+        path = self.evaluation.json_path or str(Path(self.trainer.log_dir) / "validate.json")  # log_dir: collective
+        if not self.trainer.is_global_zero:
+            return
+        document = {
+            "model": getattr(self.source, "path", type(self.source).__name__),
+            "ckpt_path": self.trainer.ckpt_path,
+            "global_step": self.trainer.global_step,  # optimizer steps, as checkpoint names count them
+            "evaluation": self.evaluation.settings() | {"max_new_tokens": self.heldout_new_tokens},
+            **result,
+            "records": [asdict(p) for p in samples],
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(document, indent=1) + "\n")

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from k15.data.prompts import PromptBatch, all_ranks
 from k15.errors import require_at_least_one
+from k15.evaluation import Evaluation
 from k15.language_module import LanguageModule
 from k15.lora import LoRA
 from k15.losses import KimiLoss, KLToInitial, PolicyLoss
@@ -31,6 +32,7 @@ from k15.rollout import RolloutCallback
 from k15.rollout.batch import Rollout, concat_rollouts
 from k15.rollout.callback import RolloutPolicy
 from k15.rollout.consistency import logprob_mismatch
+from k15.rollout.engine import Engine
 from k15.strategy import FSDP2Strategy
 from k15.update import update_policy
 
@@ -40,7 +42,8 @@ class PolicyModule(LanguageModule):
 
     Args:
         model, reward, optimizer, lr_scheduler, heldout_max_new_tokens, max_skipped_steps_in_a_row,
-            logprob_chunk_tokens, activation_checkpointing, lora: see ``LanguageModule``.
+            logprob_chunk_tokens, activation_checkpointing, lora, evaluation: see ``LanguageModule``
+            (an evaluation samples on the rollout engine).
         rollout: samples and scores each iteration's trajectories; the module adds it to the
             trainer's callbacks itself, so an RL run cannot lack it.
         loss: the policy loss (``KimiLoss``, ``GRPOLoss``, …; None: ``KimiLoss(tau=0.5)``).
@@ -89,6 +92,7 @@ class PolicyModule(LanguageModule):
         lora: LoRA | None = None,
         kl_to_initial: KLToInitial | None = None,
         off_policy: OffPolicyCorrection | None = None,
+        evaluation: Evaluation | None = None,
     ):
         super().__init__(
             model,
@@ -100,6 +104,7 @@ class PolicyModule(LanguageModule):
             logprob_chunk_tokens,
             activation_checkpointing,
             lora,
+            evaluation=evaluation,
         )
         self.rollout = rollout
         require_at_least_one(
@@ -172,6 +177,10 @@ class PolicyModule(LanguageModule):
         return RolloutPolicy(
             self.model, self.tokenizer, self.reward, self.iteration, self.unsampled_token_ids, self.device
         )
+
+    def evaluation_engine(self) -> Engine:
+        """A held-out evaluation samples on the rollout engine, synced to π_θ first."""
+        return self.rollout.engine
 
     def most(self, count: int) -> int:
         """The largest ``count`` over all ranks (sharded ranks run equally many passes)."""

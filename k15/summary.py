@@ -1,8 +1,11 @@
 """RunSummary: a closing table on stdout and ``summary.json`` in the run's log directory.
 
     heldout_acc_before   held-out accuracy at the first evaluation: before any update when the
-                         trainer's sanity check covers the held-out set (num_sanity_val_steps: -1)
+                         trainer's sanity check covers the held-out set (num_sanity_val_steps: -1);
+                         greedy, or pass@1 over n samples when the module has an ``evaluation``
     heldout_acc_after    held-out accuracy at the last evaluation
+    heldout_tokens_before mean held-out response length (tokens, <eos> included) at the
+    heldout_tokens_after  same two evaluations: what long2short shortens (k1.5 §2.4)
     finished             true when fit ran to its end; false when it stopped early (a signal, an
                          error: ``stopped`` says which)
     wall_s               fit wall time, seconds, summed over the run's resumed parts (each up to
@@ -30,6 +33,8 @@ from k15.data.sft import IGNORE_INDEX, SFTBatch
 from k15.metrics import log_iteration
 
 METRIC = "heldout/accuracy"
+SAMPLED_METRIC = "heldout/pass@1"  # an evaluation's (k15.evaluation), which logs its own starting point
+TOKENS = "heldout/tokens_mean"
 
 
 def batch_tokens(batch: PromptBatch | SFTBatch) -> int:
@@ -50,6 +55,8 @@ class RunSummary(Callback):
         self.state = {
             "heldout_acc_before": None,
             "heldout_acc_after": None,
+            "heldout_tokens_before": None,
+            "heldout_tokens_after": None,
             "tokens": 0,
             "iteration_seconds": [],
             "wall_s": 0.0,
@@ -59,16 +66,23 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.started = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        accuracy = trainer.callback_metrics.get(METRIC)
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on_validation_end: after the module's on_validation_epoch_end, where an evaluation logs
+        sampled = trainer.callback_metrics.get(SAMPLED_METRIC)
+        accuracy = trainer.callback_metrics.get(METRIC) if sampled is None else sampled
         if accuracy is None:
             return
+        tokens = trainer.callback_metrics.get(TOKENS)
+        tokens = None if tokens is None else round(float(tokens), 2)
         if self.state["heldout_acc_before"] is None:
             self.state["heldout_acc_before"] = float(accuracy)
+            self.state["heldout_tokens_before"] = tokens
         self.state["heldout_acc_after"] = float(accuracy)
-        if trainer.sanity_checking and trainer.logger is not None:
-            # Lightning drops sanity-check metrics; this one is the curve's starting point
-            trainer.logger.log_metrics({METRIC: float(accuracy)}, step=trainer.global_step)
+        self.state["heldout_tokens_after"] = tokens
+        if trainer.sanity_checking and trainer.logger is not None and sampled is None:
+            # Lightning drops sanity-check metrics; these are the curves' starting points
+            start = {METRIC: float(accuracy)} | ({TOKENS: tokens} if tokens is not None else {})
+            trainer.logger.log_metrics(start, step=trainer.global_step)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         self.batch_started = time.perf_counter()
@@ -95,6 +109,8 @@ class RunSummary(Callback):
         summary = {
             "heldout_acc_before": self.state["heldout_acc_before"],
             "heldout_acc_after": self.state["heldout_acc_after"],
+            "heldout_tokens_before": self.state["heldout_tokens_before"],
+            "heldout_tokens_after": self.state["heldout_tokens_after"],
             "finished": finished,
             **({"stopped": stopped} if stopped else {}),
             "wall_s": round(wall, 2),
