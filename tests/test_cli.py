@@ -165,7 +165,12 @@ def test_kl_to_initial_is_zero_at_the_start_and_grows_as_the_policy_moves(sft_ru
 
 
 # top-level overlays, and the configs they go on
-TOP_OVERLAYS = {"qlora.yaml": ["tiny.yaml"], "long_cot_qlora_1gpu.yaml": ["long_cot.yaml", "qlora.yaml"]}
+TOP_OVERLAYS = {
+    "qlora.yaml": ["tiny.yaml"],
+    "long_cot_qlora_1gpu.yaml": ["long_cot.yaml", "qlora.yaml"],
+    "tiny_long.yaml": ["tiny.yaml"],
+    "short_cot.yaml": ["tiny.yaml", "tiny_long.yaml"],
+}
 RECIPES = sorted(p.relative_to(CONF) for p in CONF.glob("*.yaml") if p.name not in TOP_OVERLAYS)
 OVERLAYS = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml")) + sorted(map(Path, TOP_OVERLAYS))
 OVERLAID = {"sft": "tiny_sft.yaml", "smoke": "long_cot.yaml"}  # the recipe an overlay folder applies to (else tiny)

@@ -2,6 +2,7 @@
 convert a prompt set in JSONL, JSON or Parquet to shards, checking every row (k15/data/convert.py).
 
     python tools/make_shards.py --out shards/addition --train 20000 --heldout 400
+    python tools/make_shards.py --style mix --out shards/addition_long --train 20000 --heldout 400
     python tools/make_shards.py --task vision --out shards/vision --train 3000 --heldout 300
     python tools/make_shards.py --from prompts.jsonl --out shards/mine [--image-root DIR]
     python tools/make_shards.py --from dapo-math-17k.parquet --layout dapo --out shards/dapo_math
@@ -17,6 +18,9 @@ rows read, written, rejected by reason, the layout used (k15/data/convert.py say
 Difficulty (digits per operand) is drawn uniformly from 1..MAX_DIFFICULTY; the held-out set
 uses a different seed and excludes every training prompt. Each record's ``solution`` is the
 imperfect teacher's trace (see k15/data/arithmetic.py); ``teacher`` says which solver wrote it.
+--style writes the traces plain, verbose (long-CoT: every column re-checked, the sum restated), or
+a mix of the two for a long model that long2short can shorten; ``style`` says which each one is.
+The style changes only the traces: the same seed writes the same prompts and slips in any style.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from k15.data.arithmetic import MAX_DIFFICULTY, sample_problem, teacher_solution
+from k15.data.arithmetic import MAX_DIFFICULTY, STYLES, sample_problem, teacher_solution, teacher_writes_verbose
 from k15.data.convert import LAYOUTS, choose_layout, convert
 from k15.data.shards import write_shards
 from k15.data.vision import TASKS
@@ -73,14 +77,18 @@ def write_samples(samples: list[dict], pattern: str, per_shard: int) -> int:
     return len(samples)
 
 
-def records(count: int, seed: int, exclude: set[str], max_difficulty: int = MAX_DIFFICULTY) -> list[dict]:
-    rng, out, seen = random.Random(seed), [], set(exclude)
+def records(
+    count: int, seed: int, exclude: set[str], max_difficulty: int = MAX_DIFFICULTY, style: str = "plain"
+) -> list[dict]:
+    # the style is drawn from a stream of its own, so problems and slips do not depend on it
+    rng, style_rng, out, seen = random.Random(seed), random.Random(f"style-{seed}"), [], set(exclude)
     while len(out) < count:
         problem = sample_problem(rng, rng.randint(1, max_difficulty))
         if problem.prompt in seen:
             continue
         seen.add(problem.prompt)
-        solution, sloppy = teacher_solution(problem, rng)
+        verbose = teacher_writes_verbose(style, style_rng)
+        solution, sloppy = teacher_solution(problem, rng, verbose)
         out.append(
             {
                 "prompt": problem.prompt,
@@ -88,6 +96,7 @@ def records(count: int, seed: int, exclude: set[str], max_difficulty: int = MAX_
                 "difficulty": problem.difficulty,
                 "solution": solution,
                 "teacher": "sloppy" if sloppy else "correct",
+                "style": "verbose" if verbose else "plain",
                 "domain": "arithmetic",
                 "source": "k15.synthetic.addition",
             }
@@ -113,6 +122,10 @@ def main() -> None:
         "--max-difficulty", type=int, default=MAX_DIFFICULTY, choices=range(1, MAX_DIFFICULTY + 1),
         help="addition: operands of at most this many digits (an easier task learns in fewer steps)",
     )  # fmt: skip
+    parser.add_argument(
+        "--style", choices=STYLES, default="plain",
+        help="addition: plain traces, verbose (long-CoT) ones, or a mix (k15/data/arithmetic.py's VERBOSE_FRACTION)",
+    )  # fmt: skip
     parser.add_argument("--from", dest="source", type=Path, help="convert this .jsonl, .json or .parquet file instead")
     parser.add_argument("--image-root", type=Path, help="where relative image paths point (default: the file's folder)")
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="k15", help="--from: where a row keeps each field")
@@ -122,6 +135,8 @@ def main() -> None:
     parser.add_argument("--default-difficulty", type=int, help="--from: the difficulty of a row without one")
     parser.add_argument("--solution-key", help="--from: the key of a worked solution (what SFT imitates)")
     args = parser.parse_args()
+    if args.style != "plain" and (args.source or args.task != "addition"):
+        parser.error("--style: only the addition task has trace styles")
     if args.source:
         if not args.source.is_file():
             raise SystemExit(f"make_shards: --from {args.source}: no such file")
@@ -143,8 +158,10 @@ def main() -> None:
         print(f"wrote {n_train} train and {n_heldout} held-out image records to {args.out}/")
         return
     hardest = args.max_difficulty
-    heldout = records(args.heldout, seed=args.seed + 1, exclude=set(), max_difficulty=hardest)
-    train = records(args.train, seed=args.seed, exclude={r["prompt"] for r in heldout}, max_difficulty=hardest)
+    heldout = records(args.heldout, seed=args.seed + 1, exclude=set(), max_difficulty=hardest, style=args.style)
+    train = records(
+        args.train, seed=args.seed, exclude={r["prompt"] for r in heldout}, max_difficulty=hardest, style=args.style
+    )
     n_train = write_shards(train, f"{args.out}/train-%06d.tar.gz", records_per_shard=args.records_per_shard)
     n_heldout = write_shards(heldout, f"{args.out}/heldout-%06d.tar.gz")
     print(f"wrote {n_train} train and {n_heldout} held-out records to {args.out}/")
