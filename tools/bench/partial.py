@@ -83,6 +83,8 @@ def warm_up(args, shards: str, out: Path) -> str:
 
 
 def run(name: str, args, model: str, shards: str, out: Path, segment_tokens: int | None, seed: int = 0) -> dict:
+    """One fit of arm ``name`` (``partial+tis``: partial rollouts with ``conf/off_policy/tis.yaml``), logged
+    under ``name`` and the seed."""
     seconds = args.seconds
     budget = (
         [f"--data.init_args.iterations={args.iterations}"]
@@ -90,6 +92,7 @@ def run(name: str, args, model: str, shards: str, out: Path, segment_tokens: int
         else ["--data.init_args.iterations=100000", f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"]
     )
     correction = name.partition("+")[2]
+    name = f"{name}_seed{seed}"
     command = [
         sys.executable,
         "-m",
@@ -193,7 +196,7 @@ def main() -> None:
         runs = {
             arm: [
                 run(
-                    f"{arm}_seed{seed}" if len(args.seeds) > 1 else arm,
+                    arm,
                     args,
                     model,
                     shards,
