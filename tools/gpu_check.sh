@@ -43,3 +43,22 @@ wrong = [name for name, tensor in exported.items() if tensor.shape != expected[n
 assert not wrong, f"the ZeRO-3 export wrote partitions, not full tensors: {wrong[:3]}"
 print("zero3: trained and exported full weights")
 PY
+# Off-policy weights where they matter: a bf16 CUDA vLLM engine sampling for the fp32 trainer (the
+# rollout/trainer mismatch TIS and IcePop correct; the CPU engine runs fp32 and matches to ~1e-7).
+# The engine's log-probs at τ ≠ 1 first, then the tiny recipe with partial rollouts and TIS for 4
+# iterations; prints the weights' mean and the share truncated, and the engine/trainer mismatch.
+.venv/bin/python -m pytest -q tests/test_vllm.py -k tempered -p no:cacheprovider
+tis=$(mktemp -d)
+.venv/bin/python -m k15 fit -c conf/tiny.yaml -c conf/rollout/partial.yaml -c conf/off_policy/tis.yaml \
+  --model.init_args.model.init_args.path="$zero3/policy" \
+  --model.init_args.rollout.init_args.engine.init_args.vllm="{dtype: bfloat16, max_model_len: 256, kv_cache_gib: 0.25}" \
+  --data.init_args.iterations=4 --data.init_args.heldout_prompts=8 --trainer.val_check_interval=4 \
+  --trainer.logger.init_args.save_dir="$tis/runs" --trainer.callbacks="[k15.summary.RunSummary]"
+.venv/bin/python - "$tis/runs/tiny/version_0" <<'PY'
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+events = EventAccumulator(sys.argv[1])
+events.Reload()
+tags = ("train/is_weight_mean", "train/is_clipped_share", "rollout/engine_logp_abs_diff")
+print({tag: [round(e.value, 5) for e in events.Scalars(tag)] for tag in tags})
+PY
