@@ -67,13 +67,14 @@ def plot(figure: dict[str, list[dict]], metric: str, out: Path) -> None:
     colors = {p["label"]: f"C{i % 10}" for i, p in enumerate(figure["overall"])}  # a model keeps its colour
     for ax, (title, points) in zip(axes.flat, figure.items(), strict=False):
         for p in points:
-            ax.scatter(p[X], p[metric], color=colors[p["label"]], zorder=2)
-            ax.annotate(p["label"], (p[X], p[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.scatter(p[X], p[metric], color=colors[p["label"]], label=p["label"], zorder=2)
         ax.set(title=title, xlabel="mean response tokens", ylabel=metric)
         ax.ticklabel_format(useOffset=False)  # token counts as they are, not as an offset from 22.49
         ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.margins(x=0.3, y=0.15)  # room for the labels
+        ax.margins(x=0.15, y=0.15)
         ax.grid(alpha=0.3)
+        if title == "overall":  # a legend, not labels at the points: models close together overlap there
+            ax.legend(fontsize=8)
     for ax in axes.flat[len(figure) :]:
         ax.axis("off")
     fig.tight_layout()
