@@ -282,11 +282,13 @@ class LanguageModule(LightningModule):
         path = self.evaluation.json_path or str(Path(self.trainer.log_dir) / "validate.json")  # log_dir: collective
         if not self.trainer.is_global_zero:
             return
+        engine = self.evaluation_engine()
         document = {
             "model": getattr(self.source, "path", type(self.source).__name__),
             "ckpt_path": self.trainer.ckpt_path,
             "global_step": self.trainer.global_step,  # optimizer steps, as checkpoint names count them
             "evaluation": self.evaluation.settings() | {"max_new_tokens": self.heldout_new_tokens},
+            "engine": "hf_sample" if engine is None else engine.kind,  # what sampled the responses
             **result,
             "records": [asdict(p) for p in samples],
         }

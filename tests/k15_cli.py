@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from k15.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -19,6 +23,23 @@ def k15(*args: str, cwd: Path = ROOT, check: bool = True, env: dict | None = Non
     if check and result.returncode != 0:
         raise AssertionError(f"k15 {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def printed_config(*args: str) -> str:
+    """What ``k15 fit ARGS --print_config`` prints, parsed in this process (a new process spends ~7 s
+    importing; the parse itself takes ~0.2 s)."""
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = sys.argv[:1]  # the CLI's arguments are ``args`` alone
+    try:
+        with contextlib.redirect_stdout(out):
+            main(["fit", *args, "--print_config"])
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise AssertionError(f"k15 fit {' '.join(args)} --print_config exited {exit_.code}") from None
+    finally:
+        sys.argv = argv
+    assert "\nmodel:\n" in out.getvalue(), f"k15 fit {' '.join(args)} --print_config printed no config"
+    return out.getvalue()
 
 
 def data_args(shard_dir: Path) -> list[str]:

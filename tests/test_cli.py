@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from k15_cli import CONF, SMALL_MODEL, SMALL_RL, checkpoint_weights, data_args, exported_weights, k15, scalars
+from k15_cli import (
+    CONF,
+    SMALL_MODEL,
+    SMALL_RL,
+    checkpoint_weights,
+    data_args,
+    exported_weights,
+    k15,
+    printed_config,
+    scalars,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -184,9 +194,9 @@ def base_configs(overlay: Path) -> list[str]:
 @pytest.mark.parametrize("config", RECIPES + OVERLAYS, ids=str)
 def test_every_config_parses_and_print_config_round_trips(config, tmp_path):
     stack = [] if config in RECIPES else base_configs(config)
-    first = k15("fit", *stack, "-c", str(CONF / config), "--print_config").stdout
+    first = printed_config(*stack, "-c", str(CONF / config))
     (tmp_path / "printed.yaml").write_text(first)
-    assert k15("fit", "-c", str(tmp_path / "printed.yaml"), "--print_config").stdout == first
+    assert printed_config("-c", str(tmp_path / "printed.yaml")) == first
 
 
 @pytest.mark.parametrize(

@@ -303,9 +303,9 @@ def test_validate_samples_on_vllm_and_reports_pass_at_k(answering_model, tmp_pat
     recomputation from the JSON's per-prompt records."""
     folder, records = answering_model
     result = validate(folder, tmp_path, "-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "engine/vllm.yaml"))
-    assert "Initializing a V1 LLM engine" in result.stdout  # vLLM sampled (conf/engine/vllm.yaml: no HF fallback)
     assert "sync_dist" not in result.stderr  # the gathered metrics are logged without Lightning's advice
     document = check_evaluation(tmp_path / "runs/tiny/version_0", records)
+    assert document["engine"] == "VLLMEngine"
     assert document["model"] == str(folder / "model") and document["ckpt_path"] is None
     assert document["global_step"] == 0
 
@@ -316,7 +316,7 @@ def test_validate_of_an_sft_module_samples_with_hf_generate(answering_model, tmp
     folder, records = answering_model
     sft = ["-c", str(CONF / "tiny_sft.yaml"), "--model.init_args.model=k15.models.Pretrained"]
     validate(folder, tmp_path, *sft)
-    check_evaluation(tmp_path / "runs/tiny_sft/version_0", records)
+    assert check_evaluation(tmp_path / "runs/tiny_sft/version_0", records)["engine"] == "hf_sample"
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from k15_cli import CONF, ROOT, data_args, k15, scalars
+from k15_cli import CONF, ROOT, data_args, k15, printed_config, scalars
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from k15.data.arithmetic import (
@@ -159,13 +159,12 @@ def length_penalty(model_args: dict) -> dict:
     return terms["k15.reward.LengthPenalty"]
 
 
-@pytest.mark.slow
 def test_short_cot_overlay_composes_on_the_long_rl_config():
     """long2short RL = the long-CoT RL config with the length penalty on from iteration 0, half
     the rollout budget and its own outputs; held-out generation keeps the long budget."""
     stack = ["-c", str(CONF / "tiny.yaml"), "-c", str(CONF / "tiny_long.yaml")]
-    long_rl = yaml.safe_load(k15("fit", *stack, "--print_config").stdout)
-    short = yaml.safe_load(k15("fit", *stack, "-c", str(CONF / "short_cot.yaml"), "--print_config").stdout)
+    long_rl = yaml.safe_load(printed_config(*stack))
+    short = yaml.safe_load(printed_config(*stack, "-c", str(CONF / "short_cot.yaml")))
     args, long_args = short["model"]["init_args"], long_rl["model"]["init_args"]
     assert long_args["rollout"]["init_args"]["max_new_tokens"] == 128
     assert args["rollout"]["init_args"]["max_new_tokens"] == 64

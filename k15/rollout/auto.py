@@ -34,6 +34,10 @@ class AutoEngine(Engine):
             self.engine = HFEngine(hf_max_sequences)
         self.max_model_len = self.engine.max_model_len
 
+    @property
+    def kind(self) -> str:
+        return self.engine.kind  # the engine it chose
+
     def sync(self, model: nn.Module) -> None:
         self.engine.sync(model)
 

@@ -20,6 +20,11 @@ class Engine:
 
     max_model_len: int | None = None
 
+    @property
+    def kind(self) -> str:
+        """Which engine samples (``VLLMEngine``, ``HFEngine``): what reports name."""
+        return type(self).__name__
+
     def sync(self, model: nn.Module) -> None:
         """Make the engine sample from ``model``'s current weights (θ_i), waking it if it sleeps.
         Every rank calls it at once: gathering sharded weights is collective."""
